@@ -1,0 +1,116 @@
+"""Data: JSONL files of {"text": ..., "label": ...}, the bundled sentiment set, splits and shards.
+
+Splits and shards are decided by a hash of each example's text, not by position, so
+every peer computes the same held-out set and disjoint private shards without
+exchanging anything, whatever order the file lists examples in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+Example = dict
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, with the file and line that is wrong."""
+
+
+def read_jsonl(path: str | os.PathLike, require_label: bool = False) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise DataError(f'{path}:{lineno}: each line must be an object with a string "text"')
+            if "label" in obj and not isinstance(obj["label"], (int, str)) or isinstance(obj.get("label"), bool):
+                raise DataError(f'{path}:{lineno}: "label" must be an integer or a string')
+            if require_label and "label" not in obj:
+                raise DataError(f'{path}:{lineno}: this task needs a "label" on every line')
+            examples.append(obj)
+    if not examples:
+        raise DataError(f"data file {str(path)!r} has no examples")
+    return examples
+
+
+def write_jsonl(path: str | os.PathLike, examples: Sequence[Example]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+
+
+def text_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def split(examples: Sequence[Example], test_fraction: float = 0.2) -> tuple[list[Example], list[Example]]:
+    """(train, test) by text hash: stable under reordering and identical on every peer."""
+    cut = int(test_fraction * 10_000)
+    train = [e for e in examples if text_hash(e["text"]) % 10_000 >= cut]
+    test = [e for e in examples if text_hash(e["text"]) % 10_000 < cut]
+    return train, test
+
+
+def shard(examples: Sequence[Example], index: int, count: int) -> list[Example]:
+    """The private shard of peer ``index`` of ``count`` (disjoint, covering, by text hash)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} outside 0..{count - 1}")
+    return [e for e in examples if (text_hash(e["text"]) // 10_000) % count == index]
+
+
+def sentiment_examples(min_abs_rating: float = 1.0) -> list[Example]:
+    """The bundled task: "The movie was {word}." labelled by the VADER lexicon's mean rating.
+
+    ~7,500 English words rated by 10 people from -4 to +4 ship with vaderSentiment; words
+    (alphabetic entries) with |mean| >= ``min_abs_rating`` give a positive (1) or negative (0)
+    example each.
+    """
+    import vaderSentiment
+
+    lexicon = Path(vaderSentiment.__file__).with_name("vader_lexicon.txt")
+    examples = []
+    for line in lexicon.read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].isalpha():
+            continue
+        rating = float(fields[1])
+        if abs(rating) >= min_abs_rating:
+            examples.append({"text": f"The movie was {fields[0]}.", "label": int(rating > 0)})
+    return examples
+
+
+class BatchStream:
+    """Endless shuffled minibatches of one peer's examples (epoch order from a local seed)."""
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, seed: int = 0) -> None:
+        if not examples:
+            raise DataError("no training examples for this peer")
+        self.examples = list(examples)
+        self.batch_size = min(batch_size, len(self.examples))
+        self._rng = np.random.default_rng(seed)
+        self._order: list[int] = []
+
+    def __iter__(self) -> Iterator[list[Example]]:
+        return self
+
+    def __next__(self) -> list[Example]:
+        if len(self._order) < self.batch_size:
+            self._order += self._rng.permutation(len(self.examples)).tolist()
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        return [self.examples[i] for i in take]

@@ -1,0 +1,204 @@
+"""Tasks: how a batch of examples becomes a loss (and, for classification, predictions).
+
+Built-in kinds (``spec.task.kind``):
+
+- ``label-prompts`` (encoders): embed texts and one prompt per label with the same model
+  (mean pooling), logits = scale * cosine(text, prompt); cross-entropy over labels.
+  The default sentiment task uses this with "This is negative." / "This is positive.".
+- ``label-words`` (causal LMs, MeZO-style): the logits of each label's word at the end of
+  a prompt template; cross-entropy over the label words only.
+- ``causal-lm``: next-token cross-entropy on the text; accuracy is next-token top-1.
+
+Anything else: ``register_task(kind, factory)`` on every peer, or pass a ``Task`` object
+(any ``collate``/``loss`` pair) directly when embedding seedswarm in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..protocol.spec import TaskRef
+
+ENCODER, CAUSAL = "encoder", "causal"
+
+
+class Task(Protocol):
+    kind: str
+    model_class: str  # ENCODER or CAUSAL: which transformers Auto class loads the model
+
+    def collate(self, examples: Sequence[dict]) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
+
+    def score(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, predictions, targets) from one forward, for evaluation (optional)."""
+        ...
+
+
+def _label_index(label, names: Sequence[str]) -> int:
+    if isinstance(label, str):
+        if label not in names:
+            raise ValueError(f"label {label!r} is not one of {list(names)}")
+        return names.index(label)
+    if not 0 <= label < len(names):
+        raise ValueError(f"label {label} outside 0..{len(names) - 1}")
+    return label
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32 (half-precision logits would swamp eps-sized differences)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class LabelPromptTask:
+    tokenizer: Any
+    prompts: Sequence[str] = ("This is negative.", "This is positive.")
+    labels: Sequence[str] = ("negative", "positive")
+    scale: float = 20.0
+    max_length: int = 64
+    kind: str = "label-prompts"
+    model_class: str = ENCODER
+
+    def collate(self, examples):
+        # Texts and prompts go through the model in ONE forward, so a perturbed forward
+        # regenerates each perturbed weight once, not twice.
+        texts = [e["text"] for e in examples] + list(self.prompts)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
+        return {"enc": dict(enc), "labels": labels, "n": len(examples)}
+
+    def logits(self, model, batch):
+        dev = _device(model)
+        enc = {k: v.to(dev) for k, v in batch["enc"].items()}
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        emb = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        n = batch["n"]
+        return self.scale * emb[:n] @ emb[n:].T
+
+    def loss(self, model, batch):
+        return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
+
+    def score(self, model, batch):
+        logits = _upcast(self.logits(model, batch))
+        return F.cross_entropy(logits, batch["labels"].to(logits.device)), logits.argmax(-1).cpu(), batch["labels"]
+
+
+@dataclass
+class LabelWordTask:
+    tokenizer: Any
+    template: str = "{text} It was"
+    words: Sequence[str] = (" terrible", " great")
+    labels: Sequence[str] = ("negative", "positive")
+    max_length: int = 128
+    kind: str = "label-words"
+    model_class: str = CAUSAL
+
+    def __post_init__(self):
+        ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.words]
+        if any(not i for i in ids):
+            raise ValueError(f"label words {list(self.words)} must each tokenize to at least one token")
+        self.word_ids = torch.tensor([i[0] for i in ids])
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def collate(self, examples):
+        texts = [self.template.format(text=e["text"]) for e in examples]
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
+        return {"enc": dict(enc), "labels": labels}
+
+    def logits(self, model, batch):
+        dev = _device(model)
+        enc = {k: v.to(dev) for k, v in batch["enc"].items()}
+        out = model(**enc).logits
+        last = enc["attention_mask"].sum(1) - 1
+        final = out[torch.arange(out.shape[0], device=dev), last]
+        return final[:, self.word_ids.to(dev)]
+
+    def loss(self, model, batch):
+        return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
+
+    def score(self, model, batch):
+        logits = _upcast(self.logits(model, batch))
+        return F.cross_entropy(logits, batch["labels"].to(logits.device)), logits.argmax(-1).cpu(), batch["labels"]
+
+
+@dataclass
+class CausalLMTask:
+    tokenizer: Any
+    max_length: int = 256
+    kind: str = "causal-lm"
+    model_class: str = CAUSAL
+
+    def __post_init__(self):
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def collate(self, examples):
+        enc = self.tokenizer([e["text"] for e in examples], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = -100
+        return {"enc": dict(enc), "labels": labels}
+
+    def _forward(self, model, batch):
+        dev = _device(model)
+        enc = {k: v.to(dev) for k, v in batch["enc"].items()}
+        return _upcast(model(**enc).logits[:, :-1]), batch["labels"][:, 1:].to(dev)
+
+    def loss(self, model, batch):
+        logits, targets = self._forward(model, batch)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    def score(self, model, batch):
+        logits, targets = self._forward(model, batch)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        keep = targets != -100
+        return loss, logits.argmax(-1)[keep].cpu(), targets[keep].cpu()
+
+
+_FACTORIES: dict[str, Callable[..., Task]] = {
+    "label-prompts": LabelPromptTask,
+    "label-words": LabelWordTask,
+    "causal-lm": CausalLMTask,
+}
+
+#: Named presets for the CLI's --task.
+PRESETS: dict[str, TaskRef] = {
+    "sentiment": TaskRef("label-prompts", {"prompts": ["This is negative.", "This is positive."], "labels": ["negative", "positive"], "scale": 20.0}),
+    "sentiment-lm": TaskRef("label-words", {"template": "{text} It was", "words": [" terrible", " great"], "labels": ["negative", "positive"]}),
+    "causal-lm": TaskRef("causal-lm", {}),
+}
+
+
+def register_task(kind: str, factory: Callable[..., Task]) -> None:
+    """Make ``kind`` usable in swarm specs: ``factory(tokenizer, **options)`` returns a Task."""
+    _FACTORIES[kind] = factory
+
+
+def task_model_class(ref: TaskRef) -> str:
+    factory = _FACTORIES.get(ref.kind)
+    if factory is None:
+        raise ValueError(f"unknown task kind {ref.kind!r}; known: {sorted(_FACTORIES)}")
+    return getattr(factory, "model_class", ENCODER)
+
+
+def build_task(ref: TaskRef, tokenizer) -> Task:
+    factory = _FACTORIES.get(ref.kind)
+    if factory is None:
+        raise ValueError(f"unknown task kind {ref.kind!r}; known: {sorted(_FACTORIES)} (or register_task)")
+    try:
+        return factory(tokenizer, **ref.options)
+    except TypeError as exc:
+        raise ValueError(f"bad options for task {ref.kind!r}: {exc}") from None

@@ -1,0 +1,160 @@
+"""The ``seedswarm`` command: a thin layer over the Python API.
+
+    seedswarm eval    --model M --task T --data F.jsonl [--json]
+    seedswarm replay  --ledger F --out DIR [--base M]
+    seedswarm digest  DIR
+    seedswarm data    sentiment --out DIR
+    seedswarm peer | bootstrap | status | swarms | demo   (see --help of each)
+
+Errors in what the user passed are reported as ``seedswarm <cmd>: error: ...`` naming
+the flag, with exit status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+LOG_LEVEL_ENV = "SEEDSWARM_LOG_LEVEL"
+
+
+class UsageError(Exception):
+    """A bad command-line value; the message names the flag and the fix."""
+
+
+def _task_ref(text: str):
+    """--task: a preset name, a task kind, inline JSON, or a JSON file of {"kind", "options"}."""
+    from ..model.tasks import _FACTORIES, PRESETS
+    from ..protocol.spec import TaskRef
+
+    if text in PRESETS:
+        return PRESETS[text]
+    if text in _FACTORIES:
+        return TaskRef(text, {})
+    raw = text
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            raw = f.read()
+    try:
+        obj = json.loads(raw)
+        return TaskRef(obj["kind"], dict(obj.get("options", {})))
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"--task {text!r}: expected a preset ({', '.join(PRESETS)}), a task kind ({', '.join(_FACTORIES)}), "
+            'or JSON like {"kind": "label-prompts", "options": {...}}'
+        ) from None
+
+
+def cmd_eval(args) -> int:
+    from ..model import evaluate, load_model, read_jsonl
+    from ..model.tasks import build_task, task_model_class
+
+    ref = _task_ref(args.task)
+    examples = read_jsonl(args.data)
+    model, tokenizer = load_model(args.model, task_model_class(ref))
+    result = evaluate(model, build_task(ref, tokenizer), examples, args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.2f}%"
+        print(f"accuracy {acc}  loss {result['loss']:.4f}  n {result['n']}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .artifacts import replay_ledger, save_model_folder
+
+    model, tokenizer, spec, records = replay_ledger(args.ledger, args.base)
+    digest = save_model_folder(args.out, model, tokenizer, spec, records)
+    print(json.dumps({"out": str(args.out), "digest": digest, "records": len(records), "swarm_id": spec.swarm_id_hex}) if args.json
+          else f"replayed {len(records)} records of swarm {spec.swarm_id_hex[:16]}... into {args.out}\ndigest {digest}")
+    return 0
+
+
+def cmd_digest(args) -> int:
+    from ..model import load_saved, weight_digest
+
+    print(weight_digest(load_saved(args.folder)))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from ..model.data import sentiment_examples, split, write_jsonl
+
+    train, test = split(sentiment_examples(args.min_rating), args.test_fraction)
+    write_jsonl(os.path.join(args.out, "train.jsonl"), train)
+    write_jsonl(os.path.join(args.out, "test.jsonl"), test)
+    print(f"wrote {len(train)} training and {len(test)} held-out examples to {args.out}/{{train,test}}.jsonl")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seedswarm", description="Decentralized zeroth-order fine-tuning, one byte per gradient.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("eval", help="accuracy and loss of a model on a JSONL file")
+    p.add_argument("--model", default=None, help="hub id or folder (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--task", default="sentiment", help="preset, task kind, or JSON task (default: sentiment)")
+    p.add_argument("--data", required=True, help='JSONL with {"text": ..., "label": ...} per line')
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n"}')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("replay", help="rebuild a model from base weights and a ledger")
+    p.add_argument("--ledger", required=True, help="ledger file (ledger.ssl)")
+    p.add_argument("--out", required=True, help="folder for the save_pretrained model")
+    p.add_argument("--base", default=None, help="where to load the base weights (default: the spec's model id)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("digest", help="weight digest of a saved model folder")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_digest)
+
+    p = sub.add_parser("data", help="write the bundled sentiment task as train/test JSONL")
+    p.add_argument("name", choices=["sentiment"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--min-rating", type=float, default=1.0, help="keep words with |mean rating| >= this")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.set_defaults(func=cmd_data)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    from ..model.data import DataError
+    from ..model.loading import ModelLoadError
+    from ..protocol.errors import ProtocolError
+    from .artifacts import DigestMismatch
+
+    try:
+        return args.func(args) or 0
+    except UsageError as exc:
+        parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
+    except (DataError, ModelLoadError, ProtocolError, DigestMismatch, FileNotFoundError, ValueError) as exc:
+        parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """transformers' weight-loading progress bars and hub warnings would drown our output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The CLI over the Python API: eval, replay, digest, data; bad input gives clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TEXTS, make_spec, tiny_bert
+from seedswarm.model.data import write_jsonl
+from seedswarm.model.digest import weight_digest
+from seedswarm.model.replica import Replica
+from seedswarm.model.tasks import PRESETS, build_task
+from seedswarm.peer.cli import main
+from seedswarm.protocol import LedgerFile, ModelRef
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "data.jsonl"
+    write_jsonl(path, TEXTS)
+    return path
+
+
+@pytest.fixture
+def base_folder(tmp_path, tokenizer):
+    folder = tmp_path / "base"
+    tiny_bert().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_eval_json_on_the_bundled_model(capsys, data_file):
+    code, out, _ = run(capsys, "eval", "--data", str(data_file), "--json")
+    result = json.loads(out)
+    assert code == 0 and set(result) == {"accuracy", "loss", "n"} and result["n"] == len(TEXTS)
+    assert 0 <= result["accuracy"] <= 100 and result["loss"] > 0
+
+
+def test_replay_writes_a_loadable_model_whose_digest_matches_live_training(capsys, tmp_path, base_folder, tokenizer):
+    spec = make_spec(model=ModelRef(str(base_folder), digest=weight_digest(tiny_bert())))
+    task = build_task(PRESETS["sentiment"], tokenizer)
+    live = Replica(tiny_bert(), spec, task.loss)
+    with LedgerFile(tmp_path / "ledger.ssl", spec) as ledger:
+        for step in range(5):
+            record = live.local_step(step, b"cli-peer", step, [task.collate(TEXTS)]).record
+            live.apply([record])
+            ledger.append([record])
+    out_dir = tmp_path / "replayed"
+    code, out, _ = run(capsys, "replay", "--ledger", str(tmp_path / "ledger.ssl"), "--out", str(out_dir), "--json")
+    assert code == 0 and json.loads(out)["digest"] == live.digest()
+    code, out, _ = run(capsys, "digest", str(out_dir))
+    assert out.strip() == live.digest()
+    meta = json.loads((out_dir / "seedswarm.json").read_text())
+    assert meta["swarm_id"] == spec.swarm_id_hex and meta["records"] == 5
+
+    # a base model that is not the swarm's is refused by its digest
+    other = tmp_path / "other"
+    tiny_bert(seed=9).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "--ledger", str(tmp_path / "ledger.ssl"), "--out", str(tmp_path / "x"), "--base", str(other)])
+    assert exc.value.code == 2 and "hash to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--data", "missing.jsonl"], "does not exist"),
+    (["eval", "--data", "{data}", "--model", "./no/such/model"], "is not a folder"),
+    (["eval", "--data", "{data}", "--task", "nonsense"], "--task 'nonsense'"),
+    (["eval", "--data", "{bad}"], "not valid JSON"),
+    (["replay", "--ledger", "missing.ssl", "--out", "x"], "does not exist"),
+    (["replay", "--ledger", "{data}", "--out", "x"], "not a seedswarm ledger"),
+    (["digest", "{tmp}"], "no config.json"),
+])
+def test_bad_input_exits_2_with_a_clear_message(capsys, tmp_path, data_file, argv, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": 1}\n{oops\n')
+    argv = [a.format(data=data_file, bad=bad, tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_console_script_and_data_command(tmp_path):
+    exe = Path(sys.executable).with_name("seedswarm")  # the console script installed beside python
+    assert exe.exists()
+    proc = subprocess.run([exe, "data", "sentiment", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "train.jsonl").stat().st_size > 0 and (tmp_path / "test.jsonl").stat().st_size > 0
+    proc = subprocess.run([exe, "eval", "--data", "x.jsonl", "--bogus"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--bogus" in proc.stderr
