@@ -1,7 +1,8 @@
 """Fused generate-and-apply kernels for CPU float32 tensors (numba, parallel).
 
 One memory pass applies up to 64 update terms and optionally writes a perturbed
-copy. No ``fastmath``: products and sums are rounded separately, exactly as the
+copy, or both signs of it (theta + c z and theta - c z from one read of theta, for a
+paired forward). No ``fastmath``: products and sums are rounded separately, exactly as the
 reference does.
 
 Rademacher z comes eight lanes at a time: each byte of a block's SplitMix64 word
@@ -41,8 +42,12 @@ _NO_KEYS = np.zeros(0, dtype=np.uint64)
 _NO_FLOATS = np.zeros(0, dtype=np.float32)
 
 
+_AVAILABLE = nb is not None and os.environ.get("SEEDSWARM_DISABLE_NUMBA", "") != "1"
+
+
 def available() -> bool:
-    return nb is not None and os.environ.get("SEEDSWARM_DISABLE_NUMBA", "") != "1"
+    """numba imported and not disabled (SEEDSWARM_DISABLE_NUMBA=1 forces the torch reference)."""
+    return _AVAILABLE
 
 
 if nb is not None:
@@ -57,8 +62,9 @@ if nb is not None:
         return z ^ (z >> np.uint64(31))
 
     @nb.njit(**_parallel)
-    def _rademacher_blocks(p, out, keys, coefs, decays, pkey, pcoef, perturb, b0):
-        """Whole 64-element blocks; p[0] is element 64*b0 of the parameter."""
+    def _rademacher_blocks(p, out, out2, keys, coefs, decays, pkey, pcoef, copies, b0):
+        """Whole 64-element blocks; p[0] is element 64*b0 of the parameter. ``copies``: 0 none,
+        1 out = v + c z, 2 also out2 = v - c z (both signs of a perturbation from one read)."""
         for bi in nb.prange(p.size // 64):
             base = bi * 64
             ctr = _GOLD * np.uint64(b0 + bi + 1)
@@ -71,16 +77,19 @@ if nb is not None:
                     o = base + 8 * q
                     for i in range(8):
                         p[o + i] = p[o + i] * d + c * row[i]
-            if perturb:
+            if copies:
                 h = _mix(pkey + ctr)
                 for q in range(8):
                     row = _SIGNS[(h >> np.uint64(8 * q)) & np.uint64(255)]
                     o = base + 8 * q
                     for i in range(8):
                         out[o + i] = p[o + i] + pcoef * row[i]
+                    if copies == 2:
+                        for i in range(8):
+                            out2[o + i] = p[o + i] - pcoef * row[i]
 
     @nb.njit(**_serial)
-    def _rademacher_ragged(p, out, keys, coefs, decays, pkey, pcoef, perturb, g0):
+    def _rademacher_ragged(p, out, out2, keys, coefs, decays, pkey, pcoef, copies, g0):
         """Fewer than 64 elements g0..g0+len-1 inside one block (a slice's head or tail)."""
         ctr = _GOLD * np.uint64(g0 // 64 + 1)
         for k in range(keys.size):
@@ -88,14 +97,16 @@ if nb is not None:
             for j in range(p.size):
                 bit = (h >> np.uint64((g0 + j) & 63)) & np.uint64(1)
                 p[j] = p[j] * decays[k] + coefs[k] * _SIGNS[bit, 0]
-        if perturb:
+        if copies:
             h = _mix(pkey + ctr)
             for j in range(p.size):
                 bit = (h >> np.uint64((g0 + j) & 63)) & np.uint64(1)
                 out[j] = p[j] + pcoef * _SIGNS[bit, 0]
+                if copies == 2:
+                    out2[j] = p[j] - pcoef * _SIGNS[bit, 0]
 
     @nb.njit(**_parallel)
-    def _gaussian_groups(p, out, keys, coefs, decays, pkey, pcoef, perturb, q0, table):
+    def _gaussian_groups(p, out, out2, keys, coefs, decays, pkey, pcoef, copies, q0, table):
         """Whole 4-element groups (one hash each); p[0] is element 4*q0 of the parameter."""
         for gi in nb.prange(p.size // 4):
             base = gi * 4
@@ -107,28 +118,34 @@ if nb is not None:
                 for i in range(4):
                     z = table[(h >> np.uint64(16 * i + 4)) & np.uint64(0xFFF)]
                     p[base + i] = p[base + i] * d + c * z
-            if perturb:
+            if copies:
                 h = _mix(pkey + ctr)
                 for i in range(4):
-                    out[base + i] = p[base + i] + pcoef * table[(h >> np.uint64(16 * i + 4)) & np.uint64(0xFFF)]
+                    z = table[(h >> np.uint64(16 * i + 4)) & np.uint64(0xFFF)]
+                    out[base + i] = p[base + i] + pcoef * z
+                    if copies == 2:
+                        out2[base + i] = p[base + i] - pcoef * z
 
     @nb.njit(**_serial)
-    def _gaussian_ragged(p, out, keys, coefs, decays, pkey, pcoef, perturb, g0, table):
+    def _gaussian_ragged(p, out, out2, keys, coefs, decays, pkey, pcoef, copies, g0, table):
         for k in range(keys.size):
             for j in range(p.size):
                 g = g0 + j
                 h = _mix(keys[k] + _GOLD * np.uint64(g // 4 + 1))
                 p[j] = p[j] * decays[k] + coefs[k] * table[(h >> np.uint64(16 * (g & 3) + 4)) & np.uint64(0xFFF)]
-        if perturb:
+        if copies:
             for j in range(p.size):
                 g = g0 + j
                 h = _mix(pkey + _GOLD * np.uint64(g // 4 + 1))
-                out[j] = p[j] + pcoef * table[(h >> np.uint64(16 * (g & 3) + 4)) & np.uint64(0xFFF)]
+                z = table[(h >> np.uint64(16 * (g & 3) + 4)) & np.uint64(0xFFF)]
+                out[j] = p[j] + pcoef * z
+                if copies == 2:
+                    out2[j] = p[j] - pcoef * z
 
     @nb.njit(**_serial)
-    def _rows(w, rows, out, keys, coefs, decays, pkey, pcoef, gaussian, table):
-        """out[i] = (w[rows[i]] with the terms applied) + pcoef * z: an embedding lookup's rows,
-        updated and perturbed on the fly; w itself is not written."""
+    def _rows(w, rows, out, out2, pair, keys, coefs, decays, pkey, pcoef, gaussian, table):
+        """out[i] = (w[rows[i]] with the terms applied) + pcoef * z (and out2 with -pcoef when
+        ``pair``): an embedding lookup's rows, updated and perturbed on the fly; w is not written."""
         width = w.shape[1]
         for i in range(rows.size):
             r = rows[i]
@@ -155,6 +172,8 @@ if nb is not None:
                         else:
                             z = _SIGNS[(h >> np.uint64(g & 63)) & np.uint64(1), 0]
                         if last:
+                            if pair:
+                                out2[i, j] = out[i, j] - c * z
                             out[i, j] = out[i, j] + c * z
                         else:
                             out[i, j] = out[i, j] * d + c * z
@@ -175,36 +194,53 @@ def apply(
     perturb: tuple[int, float] | None,
     out: torch.Tensor | None,
     offset: int,
+    out2: torch.Tensor | None = None,
 ) -> None:
-    n = flat.numel()
+    apply_arrays(flat.numpy(), None if out is None else out.numpy(), terms, dist, perturb, offset,
+                 None if out2 is None else out2.numpy())
+
+
+def apply_arrays(
+    p: np.ndarray, o: np.ndarray | None, terms: Sequence[Term], dist: str, perturb: tuple[int, float] | None,
+    offset: int = 0, o2: np.ndarray | None = None,
+) -> None:
+    """``apply`` on numpy views (the engine caches them: this is its per-tensor hot path)."""
+    n = p.size
     if n == 0:
         return
+    copies = 0 if perturb is None else 1 if o2 is None else 2
+    if o is None:
+        o = p
+    if o2 is None:
+        o2 = o
     if dist == RADEMACHER:
         width, body, ragged, extra = 64, _rademacher_blocks, _rademacher_ragged, ()
     elif dist == GAUSSIAN:
         width, body, ragged, extra = 4, _gaussian_groups, _gaussian_ragged, (gaussian_table_tensor("cpu").numpy(),)
     else:
         raise ValueError(f"unknown perturbation distribution {dist!r}")
-    p = flat.numpy()
-    o = out.numpy() if out is not None else p
     common = (
         *_term_arrays(terms),
-        np.uint64(perturb[0] if perturb else 0), np.float32(perturb[1] if perturb else 0.0), perturb is not None,
+        np.uint64(perturb[0] if perturb else 0), np.float32(perturb[1] if perturb else 0.0), copies,
     )
     head = min((-offset) % width, n)
     full = (n - head) // width * width
     if head:
-        ragged(p[:head], o[:head], *common, np.int64(offset), *extra)
+        ragged(p[:head], o[:head], o2[:head], *common, np.int64(offset), *extra)
     if full:
-        body(p[head : head + full], o[head : head + full], *common, np.int64((offset + head) // width), *extra)
+        sl = slice(head, head + full)
+        body(p[sl], o[sl], o2[sl], *common, np.int64((offset + head) // width), *extra)
     if head + full < n:
-        ragged(p[head + full :], o[head + full :], *common, np.int64(offset + head + full), *extra)
+        sl = slice(head + full, n)
+        ragged(p[sl], o[sl], o2[sl], *common, np.int64(offset + head + full), *extra)
 
 
 def perturbed_rows(
-    weight: torch.Tensor, rows: torch.Tensor, dist: str, key: int, scale: float, terms: Sequence[Term] = ()
-) -> torch.Tensor:
+    weight: torch.Tensor, rows: torch.Tensor, dist: str, key: int, scale: float, terms: Sequence[Term] = (),
+    pair: bool = False,
+):
     out = torch.empty((rows.numel(), weight.shape[1]), dtype=torch.float32)
-    _rows(weight.numpy(), rows.to(torch.int64).numpy(), out.numpy(), *_term_arrays(terms),
+    out2 = torch.empty_like(out) if pair else out
+    _rows(weight.numpy(), rows.to(torch.int64).numpy(), out.numpy(), out2.numpy(), pair, *_term_arrays(terms),
           np.uint64(key), np.float32(scale), dist == GAUSSIAN, gaussian_table_tensor("cpu").numpy())
-    return out
+    return (out, out2) if pair else out

@@ -28,8 +28,12 @@ except Exception:  # triton is optional: without it CUDA tensors use the torch r
 BLOCK = 1024
 
 
+_AVAILABLE = triton is not None and os.environ.get("SEEDSWARM_DISABLE_TRITON", "") != "1"
+
+
 def available() -> bool:
-    return triton is not None and os.environ.get("SEEDSWARM_DISABLE_TRITON", "") != "1"
+    """triton imported and not disabled (SEEDSWARM_DISABLE_TRITON=1 forces the torch reference)."""
+    return _AVAILABLE
 
 
 if triton is not None:
@@ -65,8 +69,8 @@ if triton is not None:
 
     @triton.jit
     def _apply_kernel(
-        p_ptr, out_ptr, keys_ptr, coefs_ptr, decays_ptr, table_ptr, n_terms, n, offset,
-        PERTURB: tl.constexpr, GAUSS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        p_ptr, out_ptr, out2_ptr, keys_ptr, coefs_ptr, decays_ptr, table_ptr, n_terms, n, offset,
+        PERTURB: tl.constexpr, PAIR: tl.constexpr, GAUSS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ):
         pid = tl.program_id(0)
         idx = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -87,6 +91,8 @@ if triton is not None:
             c = tl.load(coefs_ptr + n_terms)
             z = _z(key, g, table_ptr, GAUSS)
             _store(out_ptr, idx, v + c * z, mask)
+            if PAIR:
+                _store(out2_ptr, idx, v - c * z, mask)
 
 
 def _signed(key: int) -> int:
@@ -100,6 +106,7 @@ def apply(
     perturb: tuple[int, float] | None,
     out: torch.Tensor | None,
     offset: int,
+    out2: torch.Tensor | None = None,
 ) -> None:
     n = flat.numel()
     if n == 0:
@@ -116,6 +123,7 @@ def apply(
     table = gaussian_table_tensor(dev)
     grid = (triton.cdiv(n, BLOCK),)
     _apply_kernel[grid](
-        flat, out if out is not None else flat, keys_t, coefs_t, decays_t, table, len(terms), n, offset,
-        PERTURB=perturb is not None, GAUSS=dist == GAUSSIAN, BLOCK_SIZE=BLOCK, enable_fp_fusion=False,
+        flat, out if out is not None else flat, out2 if out2 is not None else flat, keys_t, coefs_t, decays_t, table,
+        len(terms), n, offset, PERTURB=perturb is not None, PAIR=out2 is not None, GAUSS=dist == GAUSSIAN,
+        BLOCK_SIZE=BLOCK, enable_fp_fusion=False,
     )

@@ -104,13 +104,15 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def perturbed_rows(
-    weight: torch.Tensor, rows: torch.Tensor, dist: str, key: int, scale: float, terms: Sequence[Term] = ()
-) -> torch.Tensor:
+    weight: torch.Tensor, rows: torch.Tensor, dist: str, key: int, scale: float, terms: Sequence[Term] = (),
+    pair: bool = False,
+):
     """The listed rows of a 2-D weight, with ``terms`` applied and then perturbed by scale*z,
     computed on the fly (``weight`` is not written). An embedding lookup reads only the rows
-    of its input ids, so this gives the same forward as updating and perturbing every row."""
+    of its input ids, so this gives the same forward as updating and perturbing every row.
+    With ``pair``, returns the rows perturbed by +scale*z and by -scale*z."""
     if _cpu_fast(weight):
-        return _kernels_cpu.perturbed_rows(weight, rows, dist, key, scale, terms)
+        return _kernels_cpu.perturbed_rows(weight, rows, dist, key, scale, terms, pair)
     width = weight.shape[1]
     idx = rows.to(torch.int64).unsqueeze(1) * width + torch.arange(width, device=weight.device)
     wd = working_dtype(weight.dtype)
@@ -118,7 +120,8 @@ def perturbed_rows(
     for t in terms:
         v = v * _f32(t.decay, weight.device, wd)
         v = v + z_at(dist, t.key, idx).to(wd) * _f32(t.coef, weight.device, wd)
-    return (v + z_at(dist, key, idx).to(wd) * _f32(scale, weight.device, wd)).to(weight.dtype)
+    delta = z_at(dist, key, idx).to(wd) * _f32(scale, weight.device, wd)
+    return ((v + delta).to(weight.dtype), (v - delta).to(weight.dtype)) if pair else (v + delta).to(weight.dtype)
 
 
 def apply_reference(
@@ -129,6 +132,7 @@ def apply_reference(
     perturb: tuple[int, float] | None = None,
     out: torch.Tensor | None = None,
     offset: int = 0,
+    out2: torch.Tensor | None = None,
     chunk: int = REFERENCE_CHUNK,
 ) -> None:
     """The update rule in plain torch ops (see module docstring). ``flat`` is 1-D."""
@@ -144,7 +148,10 @@ def apply_reference(
         if coefs:
             flat[lo:hi] = v.to(flat.dtype)
         if pert is not None:
-            out[lo:hi] = (v + z_reference(dist, pert[0], offset + lo, hi - lo, dev).to(wd) * pert[1]).to(out.dtype)
+            delta = z_reference(dist, pert[0], offset + lo, hi - lo, dev).to(wd) * pert[1]
+            out[lo:hi] = (v + delta).to(out.dtype)
+            if out2 is not None:
+                out2[lo:hi] = (v - delta).to(out2.dtype)
 
 
 # --- dispatch ------------------------------------------------------------------------------------
@@ -156,21 +163,25 @@ def apply(
     perturb: tuple[int, float] | None = None,
     out: torch.Tensor | None = None,
     offset: int = 0,
+    out2: torch.Tensor | None = None,
 ) -> None:
-    """Apply ``terms`` to ``flat`` in place and optionally write a perturbed copy to ``out``.
+    """Apply ``terms`` to ``flat`` in place and optionally write a perturbed copy to ``out``
+    (and, given ``out2``, the oppositely perturbed copy theta - c z there).
 
-    ``flat`` and ``out`` are 1-D views; ``offset`` is the global element index of
+    ``flat`` and the outputs are 1-D views; ``offset`` is the global element index of
     ``flat[0]`` within its parameter (so a chunk of a tensor gets the same z as the
     whole tensor would).
     """
     if perturb is not None and (out is None or out.numel() != flat.numel()):
         raise ValueError("a perturbed copy needs an output buffer of the same size")
-    if not terms and perturb is None:
+    if len(terms) <= MAX_TERMS_PER_PASS:
+        if terms or perturb is not None:
+            _apply_pass(flat, terms, dist, perturb, out, offset, out2)
         return
-    for start in range(0, max(len(terms), 1), MAX_TERMS_PER_PASS):
+    for start in range(0, len(terms), MAX_TERMS_PER_PASS):
         batch = terms[start : start + MAX_TERMS_PER_PASS]
         last = start + MAX_TERMS_PER_PASS >= len(terms)
-        _apply_pass(flat, batch, dist, perturb if last else None, out, offset)
+        _apply_pass(flat, batch, dist, perturb if last else None, out, offset, out2)
 
 
 _kernels_cpu = _kernels_cuda = None  # imported on first use (they import this module)
@@ -195,13 +206,13 @@ def _cuda_fast(t: torch.Tensor) -> bool:
     return _kernels_cuda.available()
 
 
-def _apply_pass(flat, terms, dist, perturb, out, offset) -> None:
+def _apply_pass(flat, terms, dist, perturb, out, offset, out2=None) -> None:
     if _cpu_fast(flat):
-        _kernels_cpu.apply(flat, terms, dist, perturb, out, offset)
+        _kernels_cpu.apply(flat, terms, dist, perturb, out, offset, out2)
     elif _cuda_fast(flat):
-        _kernels_cuda.apply(flat, terms, dist, perturb, out, offset)
+        _kernels_cuda.apply(flat, terms, dist, perturb, out, offset, out2)
     else:
-        apply_reference(flat, terms, dist, perturb=perturb, out=out, offset=offset)
+        apply_reference(flat, terms, dist, perturb=perturb, out=out, offset=offset, out2=out2)
 
 
 def term_arrays(terms: Sequence[Term]) -> tuple[list[int], list[float], list[float]]:

@@ -27,7 +27,7 @@ from ..protocol.hashing import derive_seed
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
 from .digest import weight_digest
-from .zo import ZerothOrder
+from .zo import PairedLoss, ZerothOrder
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 AUTO_FLUSH = 256
@@ -42,13 +42,24 @@ class LocalStep:
 
 
 class Replica:
-    def __init__(self, model: nn.Module, spec: SwarmSpec, loss_fn: LossFn | None = None) -> None:
+    """``loss_fn(model, batch)`` gives the loss; ``paired_fn(model, batch)`` (optional, e.g.
+    ``Task.paired``) gives both perturbed losses from one doubled forward."""
+
+    def __init__(
+        self, model: nn.Module, spec: SwarmSpec, loss_fn: LossFn | None = None,
+        paired_fn: Callable[[nn.Module, Any], PairedLoss] | None = None,
+    ) -> None:
         self.model = model
         self.spec = spec
         self.loss_fn = loss_fn
+        self.paired_fn = paired_fn
         self.swarm_id = spec.swarm_id
         self.zo = ZerothOrder(model, spec.perturbation, spec.trainable, spec.frozen, spec.no_decay)
         self.applied = 0  # records applied
+
+    @classmethod
+    def for_task(cls, model: nn.Module, spec: SwarmSpec, task) -> "Replica":
+        return cls(model, spec, task.loss, getattr(task, "paired", None))
 
     def seed(self, machine: bytes, sample: int) -> int:
         return derive_seed(self.swarm_id, machine, sample)
@@ -62,7 +73,8 @@ class Replica:
         seeds = [self.seed(machine, first_sample + i) for i in range(len(batches))]
         grads, losses = [], []
         for seed, batch in zip(seeds, batches):
-            g, plus, minus = self.zo.projected_gradient(lambda: self.loss_fn(self.model, batch), seed, self.spec.eps)
+            paired = self.paired_fn(self.model, batch) if self.paired_fn is not None else None
+            g, plus, minus = self.zo.projected_gradient(lambda: self.loss_fn(self.model, batch), seed, self.spec.eps, paired)
             if not np.isfinite(g):
                 raise FloatingPointError(f"non-finite loss at step {step} (+eps {plus}, -eps {minus}): the model diverged; lower the lr or eps")
             grads.append(g)

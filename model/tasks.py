@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..protocol.spec import TaskRef
+from .zo import PairedLoss
 
 ENCODER, CAUSAL = "encoder", "causal"
 
@@ -38,6 +39,11 @@ class Task(Protocol):
 
     def score(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, predictions, targets) from one forward, for evaluation (optional)."""
+        ...
+
+    def paired(self, model: nn.Module, batch: Any) -> PairedLoss:
+        """The loss of the batch under +eps and -eps from one forward over it doubled (optional:
+        without it each SPSA estimate takes two forwards)."""
         ...
 
 
@@ -60,6 +66,16 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _on_device(enc: dict, model: nn.Module) -> dict:
+    dev = _device(model)
+    return {k: v.to(dev) for k, v in enc.items()}
+
+
+def _doubled(enc: dict) -> dict:
+    """The model inputs twice over along the batch: the two halves of a paired forward."""
+    return {k: torch.cat([v, v]) for k, v in enc.items()}
+
+
 @dataclass
 class LabelPromptTask:
     tokenizer: Any
@@ -78,17 +94,31 @@ class LabelPromptTask:
         labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
         return {"enc": dict(enc), "labels": labels, "n": len(examples)}
 
-    def logits(self, model, batch):
-        dev = _device(model)
-        enc = {k: v.to(dev) for k, v in batch["enc"].items()}
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    def _logits_from(self, hidden, mask, n):
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
         emb = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-        n = batch["n"]
         return self.scale * emb[:n] @ emb[n:].T
+
+    def logits(self, model, batch):
+        enc = _on_device(batch["enc"], model)
+        return self._logits_from(model(**enc).last_hidden_state, enc["attention_mask"], batch["n"])
 
     def loss(self, model, batch):
         return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
+
+    def paired(self, model, batch) -> PairedLoss:
+        enc = _on_device(batch["enc"], model)
+        rows = enc["input_ids"].shape[0]
+        labels = batch["labels"].to(_device(model))
+
+        def losses():
+            hidden = model(**_doubled(enc)).last_hidden_state
+            return tuple(
+                F.cross_entropy(_upcast(self._logits_from(h, enc["attention_mask"], batch["n"])), labels)
+                for h in (hidden[:rows], hidden[rows:])
+            )
+
+        return PairedLoss(losses, rows)
 
     def score(self, model, batch):
         logits = _upcast(self.logits(model, batch))
@@ -119,16 +149,30 @@ class LabelWordTask:
         labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
         return {"enc": dict(enc), "labels": labels}
 
+    def _logits_from(self, out, mask):
+        last = mask.sum(1) - 1
+        final = out[torch.arange(out.shape[0], device=out.device), last]
+        return final[:, self.word_ids.to(out.device)]
+
     def logits(self, model, batch):
-        dev = _device(model)
-        enc = {k: v.to(dev) for k, v in batch["enc"].items()}
-        out = model(**enc).logits
-        last = enc["attention_mask"].sum(1) - 1
-        final = out[torch.arange(out.shape[0], device=dev), last]
-        return final[:, self.word_ids.to(dev)]
+        enc = _on_device(batch["enc"], model)
+        return self._logits_from(model(**enc).logits, enc["attention_mask"])
 
     def loss(self, model, batch):
         return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
+
+    def paired(self, model, batch) -> PairedLoss:
+        enc = _on_device(batch["enc"], model)
+        rows = enc["input_ids"].shape[0]
+        labels = batch["labels"].to(_device(model))
+
+        def losses():
+            out = model(**_doubled(enc)).logits
+            return tuple(
+                F.cross_entropy(_upcast(self._logits_from(o, enc["attention_mask"])), labels) for o in (out[:rows], out[rows:])
+            )
+
+        return PairedLoss(losses, rows)
 
     def score(self, model, batch):
         logits = _upcast(self.logits(model, batch))
@@ -153,17 +197,30 @@ class CausalLMTask:
         return {"enc": dict(enc), "labels": labels}
 
     def _forward(self, model, batch):
-        dev = _device(model)
-        enc = {k: v.to(dev) for k, v in batch["enc"].items()}
-        return _upcast(model(**enc).logits[:, :-1]), batch["labels"][:, 1:].to(dev)
+        enc = _on_device(batch["enc"], model)
+        return _upcast(model(**enc).logits[:, :-1]), batch["labels"][:, 1:].to(_device(model))
+
+    @staticmethod
+    def _loss_from(logits, targets):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
     def loss(self, model, batch):
-        logits, targets = self._forward(model, batch)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return self._loss_from(*self._forward(model, batch))
+
+    def paired(self, model, batch) -> PairedLoss:
+        enc = _on_device(batch["enc"], model)
+        rows = enc["input_ids"].shape[0]
+        targets = batch["labels"][:, 1:].to(_device(model))
+
+        def losses():
+            logits = _upcast(model(**_doubled(enc)).logits[:, :-1])
+            return self._loss_from(logits[:rows], targets), self._loss_from(logits[rows:], targets)
+
+        return PairedLoss(losses, rows)
 
     def score(self, model, batch):
         logits, targets = self._forward(model, batch)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        loss = self._loss_from(logits, targets)
         keep = targets != -100
         return loss, logits.argmax(-1)[keep].cpu(), targets[keep].cpu()
 

@@ -1,10 +1,10 @@
 """Engine benchmark: perturbation throughput and the cost of a local SPSA step, in one run.
 
-    python scripts/bench_engine.py [--json] [--rounds 7] [--steps 10]
+    python scripts/bench_engine.py [--json] [--rounds 4] [--steps 10]
 
-All figures come from this run on this machine; measurements of the things compared are
-interleaved round by round and the median of the rounds is reported, so background load
-hits both sides alike. Ratios are what to compare across machines.
+All figures come from this run on this machine. The things compared are measured
+interleaved, step by step, and each ratio is the median of per-step ratios, so background
+load hits both sides alike. Ratios are what to compare across machines.
 
 - perturb_melem_s       our fused generate-and-apply (one update term, in place) over every
                         MiniLM parameter tensor, in million elements per second
@@ -34,17 +34,16 @@ from seedswarm.model.tasks import PRESETS
 from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, SwarmSpec
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn) -> float:
     start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="steps (and forward pairs) per round")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
@@ -56,7 +55,7 @@ def main() -> None:
     batches = [task.collate(next(stream)) for _ in range(args.steps)]
     spec = SwarmSpec(name="bench", model=ModelRef(BUNDLED_ID), task=PRESETS["sentiment"],
                      lr=LRSchedule(base=1e-4), codec=CodecParams(clip=64.0))
-    replica = Replica(model, spec, task.loss)
+    replica = Replica.for_task(model, spec, task)
     mezo = MezoStep([(t.name, t.param) for t in replica.zo.tensors], eps=spec.eps, lr=1e-4)
     params = [t.param.data.view(-1) for t in replica.zo.tensors]
     numel = sum(p.numel() for p in params)
@@ -71,45 +70,48 @@ def main() -> None:
             z = torch.empty_like(p).normal_(generator=gen)
             p.add_(z, alpha=1e-7)
 
-    def forwards():
+    steps = iter(range(10**9))
+
+    def plain_pair(batch):
         with torch.no_grad():
-            for b in batches:
-                task.loss(model, b)
-                task.loss(model, b)
+            task.loss(model, batch)
+            task.loss(model, batch)
 
-    step_counter = iter(range(10**9))
+    def ours_step(batch):
+        s = next(steps)
+        replica.apply([replica.local_step(s, b"bench", s, [batch]).record])
 
-    def ours_steps():
-        for b in batches:
-            s = next(step_counter)
-            replica.apply([replica.local_step(s, b"bench", s, [b]).record])
+    def mezo_step(batch):
+        mezo.step(lambda: task.loss(model, batch), seed=next(steps))
 
-    def mezo_steps():
-        for b in batches:
-            mezo.step(lambda: task.loss(model, b), seed=next(step_counter))
-
-    for fn in (ours_apply, torch_apply, forwards, ours_steps, mezo_steps):  # warm-up: JIT, caches
-        fn()
-    rounds = {k: [] for k in ("ours_apply", "torch_apply", "fwd2", "step", "mezo")}
-    for _ in range(args.rounds):
-        rounds["ours_apply"].append(timed(ours_apply, 3))
-        rounds["torch_apply"].append(timed(torch_apply, 1))
-        rounds["fwd2"].append(timed(forwards, 1) / len(batches))
-        rounds["step"].append(timed(ours_steps, 1) / len(batches))
-        rounds["mezo"].append(timed(mezo_steps, 1) / len(batches))
-    med = {k: statistics.median(v) for k, v in rounds.items()}
+    # Warm-up (JIT, caches), then interleave the things compared step by step, so that load
+    # from other tenants of the machine falls on both sides of every ratio alike.
+    for batch in batches[:2]:
+        ours_apply(), torch_apply(), plain_pair(batch), ours_step(batch), mezo_step(batch)
+    apply_ratio, ours_t, torch_t, step_ratio, mezo_ratio, fwd, step, mezo_s = [], [], [], [], [], [], [], []
+    for r in range(args.rounds):
+        a, b = timed(ours_apply), timed(torch_apply)
+        ours_t.append(a), torch_t.append(b), apply_ratio.append(b / a)
+        for batch in batches:
+            f = timed(lambda: plain_pair(batch))
+            o = timed(lambda: ours_step(batch))
+            m = timed(lambda: mezo_step(batch))
+            fwd.append(f), step.append(o), mezo_s.append(m)
+            step_ratio.append(o / f), mezo_ratio.append(m / f)
+    med = statistics.median
     result = {
         "params": numel,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
-        "perturb_melem_s": round(numel / med["ours_apply"] / 1e6, 1),
-        "torch_normal_melem_s": round(numel / med["torch_apply"] / 1e6, 1),
-        "perturb_speedup": round(med["torch_apply"] / med["ours_apply"], 2),
-        "two_forwards_s": round(med["fwd2"], 4),
-        "step_s": round(med["step"], 4),
-        "mezo_step_s": round(med["mezo"], 4),
-        "step_over_2fwd": round(med["step"] / med["fwd2"], 3),
-        "mezo_step_over_2fwd": round(med["mezo"] / med["fwd2"], 3),
+        "perturb_melem_s": round(numel / med(ours_t) / 1e6, 1),
+        "torch_normal_melem_s": round(numel / med(torch_t) / 1e6, 1),
+        "perturb_speedup": round(med(apply_ratio), 2),
+        "two_forwards_s": round(med(fwd), 4),
+        "step_s": round(med(step), 4),
+        "mezo_step_s": round(med(mezo_s), 4),
+        "step_over_2fwd": round(med(step_ratio), 3),
+        "mezo_step_over_2fwd": round(med(mezo_ratio), 3),
+        "samples": len(step_ratio),
     }
     if args.json:
         print(json.dumps(result))

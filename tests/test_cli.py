@@ -47,7 +47,7 @@ def test_eval_json_on_the_bundled_model(capsys, data_file):
 def test_replay_writes_a_loadable_model_whose_digest_matches_live_training(capsys, tmp_path, base_folder, tokenizer):
     spec = make_spec(model=ModelRef(str(base_folder), digest=weight_digest(tiny_bert())))
     task = build_task(PRESETS["sentiment"], tokenizer)
-    live = Replica(tiny_bert(), spec, task.loss)
+    live = Replica.for_task(tiny_bert(), spec, task)
     with LedgerFile(tmp_path / "ledger.ssl", spec) as ledger:
         for step in range(5):
             record = live.local_step(step, b"cli-peer", step, [task.collate(TEXTS)]).record

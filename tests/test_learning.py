@@ -16,7 +16,7 @@ def test_one_byte_training_raises_held_out_accuracy_by_five_points():
     train, test = split(sentiment_examples())
     spec = SwarmSpec(name="learning-test", model=ModelRef(BUNDLED_ID), task=PRESETS["sentiment"],
                      lr=LRSchedule(base=1e-4), eps=1e-3, codec=CodecParams(clip=64.0))
-    replica = Replica(model, spec, task.loss)
+    replica = Replica.for_task(model, spec, task)
     before = evaluate(model, task, test)["accuracy"]
     stream = BatchStream(train, 32, seed=0)
     for step in range(60):

@@ -19,7 +19,7 @@ def train_swarm_in_process(spec, tokenizer, steps):
     """Each simulated machine trains on its own shard; every replica applies all records of a
     step in canonical order. Returns (live replicas, all records)."""
     task = build_task(spec.task, tokenizer)
-    replicas = [Replica(tiny_bert(), spec, task.loss) for _ in MACHINES]
+    replicas = [Replica.for_task(tiny_bert(), spec, task) for _ in MACHINES]
     streams = [BatchStream(TEXTS[i::3] + TEXTS[:2], 4, seed=i) for i in range(3)]
     records = []
     for step in range(steps):
@@ -72,7 +72,7 @@ def test_applying_in_a_different_order_changes_the_weights(tokenizer):
 def test_replica_losses_go_down(tokenizer):
     spec = make_spec(lr=LRSchedule(base=2e-3))
     task = build_task(PRESETS["sentiment"], tokenizer)
-    replica = Replica(tiny_bert(seed=4), spec, task.loss)
+    replica = Replica.for_task(tiny_bert(seed=4), spec, task)
     batch = task.collate(TEXTS)
     with torch.no_grad():
         first = float(task.loss(replica.model, batch))

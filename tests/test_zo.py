@@ -130,3 +130,41 @@ def test_trainable_subsets_leave_frozen_tensors_alone(tokenizer):
     assert all(torch.equal(frozen_before[n], p) for n, p in model.named_parameters() if n in frozen_before)
     with pytest.raises(ValueError, match="match no parameter"):
         ZerothOrder(model, RADEMACHER, trainable=("nothing.*",))
+
+
+def test_paired_forward_gives_the_losses_of_two_perturbed_forwards(tokenizer):
+    """One forward over the doubled batch (+eps half, -eps half) equals two perturbed forwards."""
+    for label, model, task in _transformer_cases(tokenizer):
+        batch = task.collate(TEXTS)
+        zo = ZerothOrder(model, RADEMACHER)
+        before = weight_digest(model)
+        loss_fn = lambda: task.loss(model, batch)  # noqa: E731
+        sequential = zo.projected_gradient(loss_fn, 11, 1e-3)  # also runs the owner check
+        assert zo._paired_ok is None
+        first = zo.projected_gradient(loss_fn, 11, 1e-3, task.paired(model, batch))  # checked against sequential
+        assert zo._paired_ok is True, label
+        paired = zo.projected_gradient(loss_fn, 11, 1e-3, task.paired(model, batch))
+        assert first == sequential
+        for a, b in zip(paired[1:], sequential[1:]):
+            assert abs(a - b) < 1e-5, (label, paired, sequential)
+        assert weight_digest(model) == before
+
+
+def test_paired_forward_falls_back_for_unknown_modules():
+    class Scaled(nn.Module):  # owns a parameter but is not known to treat rows independently
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.w
+
+    model = nn.Sequential(nn.Linear(4, 4), Scaled())
+    x = torch.randn(6, 4)
+    zo = ZerothOrder(model, RADEMACHER)
+    from seedswarm.model.zo import PairedLoss
+    calls = []
+    paired = PairedLoss(lambda: calls.append(1) or (model(torch.cat([x, x]))[:6].sum(), model(torch.cat([x, x]))[6:].sum()), 6)
+    zo.projected_gradient(lambda: model(x).sum(), 1, 1e-3)
+    zo.projected_gradient(lambda: model(x).sum(), 1, 1e-3, paired)
+    assert zo._paired_ok is False and calls == []
