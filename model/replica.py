@@ -105,6 +105,10 @@ class Replica:
     def flush(self) -> None:
         self.zo.flush()
 
+    def reset(self) -> None:
+        """Forget queued updates: call after overwriting the weights (checkpoint load, rebuild)."""
+        self.zo.discard_pending()
+
     def digest(self) -> str:
         self.flush()
         return weight_digest(self.model)

@@ -437,6 +437,11 @@ class ZerothOrder:
                     apply(t.flat, t.pending, self.dist)
                 t.pending.clear()
 
+    def discard_pending(self) -> None:
+        """Drop queued updates (the weights are about to be replaced, e.g. by a checkpoint)."""
+        for t in self.tensors:
+            t.pending.clear()
+
     @property
     def pending(self) -> int:
         return max((len(t.pending) for t in self.tensors), default=0)

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.set_defaults(func=cmd_data)
 
+    from . import commands  # the networked commands (hivemind)
+
+    commands.add_commands(sub)
     return parser
 
 
@@ -131,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     from ..model.loading import ModelLoadError
     from ..protocol.errors import ProtocolError
     from .artifacts import DigestMismatch
+    from .identity import IdentityError
 
     try:
         return args.func(args) or 0
     except UsageError as exc:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
-    except (DataError, ModelLoadError, ProtocolError, DigestMismatch, FileNotFoundError, ValueError) as exc:
+    except (DataError, ModelLoadError, ProtocolError, DigestMismatch, IdentityError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
         return 130

@@ -166,16 +166,46 @@ class LedgerFile:
         self._file = open(self.path, "ab")
 
     def append(self, records: Iterable[Record]) -> list[Record]:
-        """Add new records to memory and disk (one fsync); returns those that were new."""
-        new = []
+        """Add new records to memory and disk (one fsync); returns those that were new.
+        A conflicting record raises ProtocolError before anything is added."""
+        records = list(records)
+        probe = Ledger()
+        for record in records:  # check the batch against the ledger and against itself first
+            if self.ledger.check(record):
+                probe.add(record)
+        return self._write([r for r in records if self.ledger.add(r)])
+
+    def admit(self, records: Iterable[Record]) -> tuple[list[Record], list[tuple[Record, str]]]:
+        """Add the records that fit, skip the ones that conflict (one fsync).
+        Returns (new records, [(rejected record, reason)])."""
+        new, rejected = [], []
         for record in records:
-            if self.ledger.add(record):
-                new.append(record)
+            try:
+                if self.ledger.add(record):
+                    new.append(record)
+            except ProtocolError as exc:
+                rejected.append((record, str(exc)))
+        return self._write(new), rejected
+
+    def _write(self, new: list[Record]) -> list[Record]:
         if new:
             self._file.write(b"".join(_entry(r.encode()) for r in new))
             self._file.flush()
             os.fsync(self._file.fileno())
         return new
+
+    def rewrite(self, records: Iterable[Record]) -> None:
+        """Replace the whole ledger (atomically on disk): adopting another replica's history."""
+        fresh = Ledger(records)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(encode_ledger(self.spec, fresh.ordered()))
+            f.flush()
+            os.fsync(f.fileno())
+        self._file.close()
+        os.replace(tmp, self.path)
+        self.ledger = fresh
+        self._file = open(self.path, "ab")
 
     def close(self) -> None:
         self._file.close()

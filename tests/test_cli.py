@@ -98,3 +98,29 @@ def test_console_script_and_data_command(tmp_path):
     assert (tmp_path / "train.jsonl").stat().st_size > 0 and (tmp_path / "test.jsonl").stat().st_size > 0
     proc = subprocess.run([exe, "eval", "--data", "x.jsonl", "--bogus"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["peer", "--swarm", "not-an-id", "--data", "x.jsonl"], "--swarm"),
+    (["peer", "--swarm-spec", "missing.json", "--data", "x.jsonl"], "--swarm-spec"),
+    (["peer", "--swarm", "0" * 64, "--task", "sentiment"], "--task only applies"),
+    (["peer", "--resume", "--data", "x.jsonl"], "--resume needs the --checkpoint-dir"),
+    (["peer", "--steps", "0"], "--steps must be at least 1"),
+    (["peer", "--min-peers", "0"], "--min-peers"),
+    (["status"], "--initial-peers is required"),
+    (["swarms"], "--initial-peers is required"),
+])
+def test_networked_commands_reject_bad_flags_before_starting_anything(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_bad_swarm_spec_file_names_the_field(capsys, tmp_path):
+    bad = tmp_path / "spec.json"
+    bad.write_text('{"name": "x", "model": {"id": "m"}, "task": {"kind": "label-prompts"}, "epsilon": 1}')
+    with pytest.raises(SystemExit):
+        main(["peer", "--swarm-spec", str(bad), "--data", "x.jsonl"])
+    assert "epsilon" in capsys.readouterr().err

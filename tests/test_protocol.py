@@ -194,3 +194,13 @@ def test_ledger_bytes_roundtrip_and_bad_magic():
     assert decode_ledger(data)[1] == [rec(), rec(machine=M2)]
     with pytest.raises(ProtocolError):
         decode_ledger(b"NOTALEDGER")
+
+
+def test_ledger_file_rewrite_replaces_history_atomically(tmp_path):
+    s = spec()
+    with LedgerFile(tmp_path / "l.ssl", s) as lf:
+        lf.append([rec(step=0), rec(step=1, first=2)])
+        lf.rewrite([rec(step=0), rec(machine=M2)])
+        lf.append([rec(step=2, first=5)])
+    _, records, torn = decode_ledger((tmp_path / "l.ssl").read_bytes())
+    assert sorted(r.order_key for r in records) == sorted(r.order_key for r in [rec(step=0), rec(machine=M2), rec(step=2, first=5)])

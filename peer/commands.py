@@ -1,0 +1,319 @@
+"""The networked CLI commands: peer, bootstrap, status, swarms (hivemind/Petals conventions).
+
+    seedswarm bootstrap [--host-maddrs ...]            a DHT-only node; prints its multiaddrs
+    seedswarm peer --swarm-spec F | --swarm ID --data F.jsonl [--initial-peers ...] [...]
+    seedswarm status --initial-peers ... [--swarm ID] [--json]
+    seedswarm swarms --initial-peers ... [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import time
+
+from ..protocol.errors import ProtocolError
+from ..protocol.spec import SwarmSpec, parse_swarm_id
+from .cli import UsageError, _task_ref
+
+DEFAULT_HOST = ["/ip4/127.0.0.1/tcp/0"]
+
+
+def _network_flags(p: argparse.ArgumentParser, host: bool = True) -> None:
+    p.add_argument("--initial-peers", nargs="*", default=[], metavar="MADDR",
+                   help="multiaddrs of peers already in the DHT (as printed by `seedswarm bootstrap` or a peer)")
+    if host:
+        p.add_argument("--host-maddrs", nargs="*", default=DEFAULT_HOST, metavar="MADDR",
+                       help="where to listen (default: loopback, a free port; use /ip4/0.0.0.0/tcp/PORT to be reachable)")
+        p.add_argument("--announce-maddrs", nargs="*", default=[], metavar="MADDR",
+                       help="addresses others should dial, if different from --host-maddrs (NAT, containers)")
+        p.add_argument("--identity-path", default=None, help="libp2p private key file (created if missing): a stable peer id")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("peer", help="start or join a swarm and train")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--swarm-spec", default=None, metavar="FILE", help="start (or join) the swarm this JSON spec defines")
+    group.add_argument("--swarm", default=None, metavar="ID", help="join the swarm with this id (its spec comes from the DHT)")
+    _network_flags(p)
+    p.add_argument("--model", default=None, help="where to load the base weights from (default: the spec's model id)")
+    p.add_argument("--task", default=None, help="with neither --swarm-spec nor --swarm: the task of a new default swarm")
+    p.add_argument("--data", default=None, metavar="F.jsonl", help="this peer's private training data")
+    p.add_argument("--steps", type=int, default=100, help="train until the swarm has sealed this many steps")
+    p.add_argument("--min-peers", type=int, default=1, help="wait for this many live peers (this one included) before the first step")
+    p.add_argument("--checkpoint-dir", default=None, help="ledger, checkpoints and identity of this peer (default: a temp folder)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: 4 x digest_every)")
+    p.add_argument("--resume", action="store_true", help="continue the peer whose --checkpoint-dir this is")
+    p.add_argument("--join-by", choices=["checkpoint", "replay"], default="checkpoint",
+                   help="catch up by downloading a verified checkpoint, or by replaying the ledger on the base weights")
+    p.add_argument("--json-log", default=None, metavar="FILE", help="append one JSON object per event (steps, bytes, heals)")
+    p.add_argument("--name", default="", help="a display name in `seedswarm status`")
+    p.add_argument("--data-seed", type=int, default=0, help="order in which this peer walks its own data")
+    p.add_argument("--lr", type=float, default=None, help="with no --swarm-spec: the learning rate of a new default swarm")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing
+    p.set_defaults(func=cmd_peer)
+
+    p = sub.add_parser("bootstrap", help="run a DHT-only node that others use as --initial-peers")
+    _network_flags(p)
+    p.add_argument("--duration", type=float, default=0, help="seconds to run (default: until interrupted)")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("status", help="live peers of a swarm: steps, digests, loss, bytes")
+    _network_flags(p, host=False)
+    p.add_argument("--swarm", default=None, metavar="ID", help="the swarm (default: every announced swarm)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("swarms", help="swarms announced in the DHT, with the command to join each")
+    _network_flags(p, host=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_swarms)
+
+
+# --- peer ----------------------------------------------------------------------------------------
+def _spec_from_flags(args) -> SwarmSpec | None:
+    if args.swarm_spec:
+        try:
+            with open(args.swarm_spec, encoding="utf-8") as f:
+                return SwarmSpec.from_json(f.read())
+        except FileNotFoundError:
+            raise UsageError(f"--swarm-spec {args.swarm_spec!r}: no such file") from None
+        except ProtocolError as exc:
+            raise UsageError(f"--swarm-spec {args.swarm_spec!r}: {exc}") from None
+    if args.swarm or args.resume:
+        if args.task:
+            raise UsageError("--task only applies when starting a new swarm; a joined swarm's task comes from its spec")
+        return None
+    from .demo import default_spec
+
+    return default_spec(model=args.model, task=_task_ref(args.task) if args.task else None, lr=args.lr)
+
+
+def cmd_peer(args) -> int:
+    from .config import PeerConfig
+    from .node import AsyncPeer, PeerError
+
+    try:
+        swarm_id = parse_swarm_id(args.swarm) if args.swarm else None
+    except ProtocolError as exc:
+        raise UsageError(f"--swarm: {exc}") from None
+    config = PeerConfig(
+        spec=_spec_from_flags(args), swarm_id=swarm_id, initial_peers=args.initial_peers, host_maddrs=args.host_maddrs,
+        announce_maddrs=args.announce_maddrs, identity_path=args.identity_path, steps=args.steps,
+        min_peers=args.min_peers, model=args.model,
+        data=args.data, data_seed=args.data_seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, join_by=args.join_by, json_log=args.json_log, name=args.name,
+        fault_corrupt_at=args.fault_corrupt_at,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    progress = Progress(quiet=args.quiet)
+    peer = AsyncPeer(config, on_step=progress)
+
+    async def main() -> dict:
+        try:
+            await peer.start()
+            return await peer.train()
+        finally:
+            await peer.shutdown()
+
+    try:
+        summary = _run_until_signal(main())
+    except PeerError as exc:
+        raise UsageError(str(exc)) from None
+    progress.close()
+    print(json.dumps({"event": "summary", **summary}), flush=True)
+    return 0
+
+
+def _run_until_signal(coro):
+    """Run the peer; SIGTERM and SIGINT stop it gracefully (announced leave)."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        print("seedswarm: stopped", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        loop.close()
+
+
+class Progress:
+    """A live progress line on a terminal (rich); one line per step otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stdout.isatty()
+        self._status = None
+        self._last = time.monotonic()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "started":
+            print(f"seedswarm peer {event['peer_id']} in swarm {event['swarm_id']}", flush=True)
+            print("others can join with: --initial-peers " + " ".join(event["maddrs"]), flush=True)
+            return
+        if self.quiet:
+            return
+        if kind == "step":
+            now = time.monotonic()
+            line = (f"step {event['step']:>5}  loss {event['loss'] if event['loss'] is None else round(event['loss'], 4)}  "
+                    f"peers {event['peers']}  records {event['records']}  "
+                    f"{_fmt(event.get('payload_bytes_per_gradient'))} B/grad payload  "
+                    f"wire {_kb(event.get('wire_sent'))} sent  {now - self._last:.2f}s/step")
+            self._last = now
+            if self.tty:
+                if self._status is None:
+                    from rich.console import Console
+
+                    self._status = Console().status(line)
+                    self._status.start()
+                self._status.update(line)
+            else:
+                print(line, flush=True)
+        elif kind in ("joining", "joined", "late", "heal", "healed", "resumed"):
+            print(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"), flush=True)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _kb(x) -> str:
+    return "n/a" if x is None else f"{x / 1024:.1f} KiB"
+
+
+# --- bootstrap, status, swarms ----------------------------------------------------------------------
+def _client_dht(initial_peers):
+    from .dhtschema import validators
+    from .identity import load_identity
+    from .process import ReapedDHT
+
+    if not initial_peers:
+        raise UsageError("--initial-peers is required: the multiaddr of any node of the DHT")
+    identity = load_identity(tempfile.mkdtemp(prefix="seedswarm-client-") + "/id.key")
+    try:
+        return ReapedDHT(initial_peers=initial_peers, client_mode=True, start=True, record_validators=validators(identity))
+    except Exception as exc:
+        raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers}: {exc}") from None
+
+
+def cmd_bootstrap(args) -> int:
+    from .dhtschema import validators
+    from .identity import load_identity
+    from .process import ReapedDHT
+
+    identity = load_identity(args.identity_path or tempfile.mkdtemp(prefix="seedswarm-boot-") + "/id.key")
+    try:
+        dht = ReapedDHT(initial_peers=args.initial_peers, host_maddrs=args.host_maddrs,
+                        announce_maddrs=args.announce_maddrs or None, identity_path=str(identity.path),
+                        record_validators=validators(identity), start=True)
+    except Exception as exc:
+        raise UsageError(f"could not start the DHT node (check --host-maddrs / --identity-path): {exc}") from None
+    maddrs = [str(m) for m in dht.get_visible_maddrs()]
+    print("seedswarm bootstrap node", identity.peer_id, flush=True)
+    print("--initial-peers " + " ".join(maddrs), flush=True)
+    stop = {"now": False}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    started = time.monotonic()
+    while not stop["now"] and (not args.duration or time.monotonic() - started < args.duration):
+        time.sleep(0.2)
+    dht.shutdown()
+    return 0
+
+
+def _swarm_rows(dht) -> dict[str, dict]:
+    from .dhtschema import DIRECTORY_KEY, decode_entry
+
+    found = dht.get(DIRECTORY_KEY, latest=True)
+    swarms: dict[str, dict] = {}
+    if found is not None and isinstance(found.value, dict):
+        for subkey, item in found.value.items():
+            checked = decode_entry(DIRECTORY_KEY, subkey, item.value)
+            if checked is None:
+                continue
+            _, decoded = checked
+            ann, sid = decoded.value, decoded.swarm.hex()
+            row = swarms.setdefault(sid, {"swarm_id": sid, "name": ann.name, "model": ann.model, "task": ann.task,
+                                          "peers": 0, "step": 0})
+            row["peers"] = max(row["peers"], ann.peers)
+            row["step"] = max(row["step"], ann.step)
+    return swarms
+
+
+def _peer_rows(dht, swarm: bytes) -> list[dict]:
+    from .dhtschema import decode_entry, peers_key
+
+    key = peers_key(swarm)
+    found = dht.get(key, latest=True)
+    rows = []
+    if found is not None and isinstance(found.value, dict):
+        for subkey, item in found.value.items():
+            checked = decode_entry(key, subkey, item.value)
+            if checked is None:
+                continue
+            owner, decoded = checked
+            from hivemind.p2p import PeerID
+
+            rows.append({"peer_id": str(PeerID(owner)), **decoded.value.to_obj()})
+    return sorted(rows, key=lambda r: r["peer_id"])
+
+
+def cmd_status(args) -> int:
+    dht = _client_dht(args.initial_peers)
+    try:
+        if args.swarm:
+            try:
+                swarms = [parse_swarm_id(args.swarm)]
+            except ProtocolError as exc:
+                raise UsageError(f"--swarm: {exc}") from None
+        else:
+            swarms = [bytes.fromhex(s) for s in _swarm_rows(dht)]
+        report = {s.hex(): _peer_rows(dht, s) for s in swarms}
+    finally:
+        dht.shutdown()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if not report:
+        print("no swarm announced in this DHT")
+    for sid, rows in report.items():
+        print(f"swarm {sid}: {len(rows)} live peer(s)")
+        for r in rows:
+            loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
+            print(f"  {r['peer_id'][:16]}..  {r['name'] or '-':12s} {r['status']:8s} step {r['step']:>6}  loss {loss:>8}  "
+                  f"digest@{r['digest_step']} {r['digest'][:12] or '-':12s}  sent {_kb(r['sent'])}  heals {r['heals']}")
+    return 0
+
+
+def cmd_swarms(args) -> int:
+    dht = _client_dht(args.initial_peers)
+    try:
+        rows = list(_swarm_rows(dht).values())
+    finally:
+        dht.shutdown()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no swarm announced in this DHT")
+    peers = " ".join(args.initial_peers)
+    for r in rows:
+        print(f"{r['swarm_id']}  {r['name']!r}  model {r['model']}  task {r['task']}  peers {r['peers']}  step {r['step']}")
+        print(f"  join: seedswarm peer --swarm {r['swarm_id']} --initial-peers {peers} --data YOUR.jsonl")
+    return 0
