@@ -58,6 +58,17 @@ def add_commands(sub) -> None:
     p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing
     p.set_defaults(func=cmd_peer)
 
+    from .demo import DEFAULT_PEERS, DEFAULT_STEPS
+
+    p = sub.add_parser("demo", help="the main job: N peers on loopback fine-tune the bundled MiniLM, one byte per gradient")
+    p.add_argument("--peers", type=int, default=DEFAULT_PEERS, help=f"peer processes to start (default {DEFAULT_PEERS})")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"swarm steps (default {DEFAULT_STEPS})")
+    p.add_argument("--out", default="seedswarm-demo", help="where the model, ledger, spec and logs go (replaced)")
+    p.add_argument("--model", default=None, help="another hub id or folder instead of the bundled MiniLM")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the live display")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("bootstrap", help="run a DHT-only node that others use as --initial-peers")
     _network_flags(p)
     p.add_argument("--duration", type=float, default=0, help="seconds to run (default: until interrupted)")
@@ -195,6 +206,55 @@ def _fmt(x) -> str:
 
 def _kb(x) -> str:
     return "n/a" if x is None else f"{x / 1024:.1f} KiB"
+
+
+# --- demo ----------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    if args.peers < 1 or args.steps < 1:
+        raise UsageError("--peers and --steps must be at least 1")
+    cfg = DemoConfig(peers=args.peers, steps=args.steps, out=args.out, model=args.model, lr=args.lr, live=not args.json)
+    if args.json:
+        print(json.dumps(run_demo(cfg)), flush=True)
+        return 0
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]seedswarm demo[/]: {cfg.peers} peers on loopback fine-tune "
+                  f"{cfg.model or 'the bundled all-MiniLM-L6-v2'} on VADER sentiment, one byte per gradient")
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        result = run_demo(cfg, on_update=lambda state: live.update(_demo_line(state)))
+    table = Table(title="seedswarm demo", show_header=False)
+    rows = [
+        ("held-out accuracy", f"{result['accuracy_before']:.1f}% -> {result['accuracy_after']:.1f}%"),
+        ("held-out loss", f"{result['loss_before']:.4f} -> {result['loss_after']:.4f}"),
+        ("peers x steps", f"{result['peers']} x {result['steps']} = {result['gradients']} one-byte gradients"),
+        ("payload per gradient", f"{result['payload_bytes_per_gradient']:.2f} B"),
+        ("record per gradient", f"{result['record_bytes_per_gradient']:.1f} B (msgpack record, headers included)"),
+        ("wire per gradient", "n/a" if result["wire_bytes_per_gradient"] is None
+         else f"{result['wire_bytes_per_gradient']:.0f} B (TCP payload, DHT + signatures + pushes)"),
+        ("replicas identical", "yes" if result["replicas_identical"] else "NO"),
+        ("late records / heals", f"{result['late_records']} / {result['heals']}"),
+        ("time", f"{result['seconds']:.0f} s"),
+        ("saved to", f"{result['out']}/model (save_pretrained), {result['out']}/model/ledger.ssl, {result['out']}/spec.json"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    return 0
+
+
+def _demo_line(state: dict):
+    from rich.text import Text
+
+    loss = "..." if state["loss"] is None else f"{state['loss']:.4f}"
+    acc = f"{state['accuracy']:.1f}% (step {state['accuracy_step']})"
+    payload = "..." if state["payload"] is None else f"{state['payload']:.2f} B/grad"
+    return Text(f"step {state['step']}/{state['steps']}  loss {loss}  held-out acc {acc}  peers {state['peers']}  "
+                f"payload {payload}  wire {_kb(state['wire_sent'])} sent")
 
 
 # --- bootstrap, status, swarms ----------------------------------------------------------------------

@@ -38,11 +38,11 @@ class PeerConfig:
     min_round_wait: float = 0.3      # seconds a round waits for other peers at least ...
     max_round_wait: float = 30.0     # ... and at most; in between, 2 x the median step time
     dht_poll_interval: float = 1.0   # records are pushed; the DHT is read this often as a fallback
-    heartbeat_interval: float = 1.5
-    heartbeat_ttl: float = 5.0       # a peer silent this long is considered gone
+    heartbeat_interval: float = 2.0
+    heartbeat_ttl: float = 6.0       # a peer silent this long is considered gone
     record_ttl: float = 3600.0       # how long records stay in the DHT
-    rescan_window: int = 8           # sealed steps re-checked for late records
-    rescan_interval: float = 3.0
+    rescan_window: int = 8           # late records older than this many steps are refused
+    rescan_interval: float = 10.0    # re-read the whole window this often when the swarm stalls
     finish_timeout: float = 60.0     # how long a finished peer waits for the others to finish
     announce: bool = True
     fault_corrupt_at: int | None = None  # chaos testing: flip this replica's weights after this step

@@ -1,10 +1,28 @@
-"""The main job: a demo swarm of real peer processes on loopback fine-tuning the bundled MiniLM."""
+"""The main job: a demo swarm of real peer processes on loopback fine-tuning the bundled MiniLM.
+
+``seedswarm demo`` writes each peer's private shard of the VADER sentiment task, starts N
+``seedswarm peer`` processes (each with its own DHT node, p2pd and identity) on loopback,
+and follows the swarm the way any outsider could: it replays the ledger of one peer onto
+the base weights and evaluates that replica on a held-out split nobody trains on. At the
+end it checks that every replica and the replay agree bit for bit, and saves the model
+(a ``save_pretrained`` folder), the ledger and the swarm spec.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
 
 from ..model.loading import BUNDLED_ID
 from ..model.tasks import PRESETS
 from ..protocol.spec import CodecParams, LRSchedule, ModelRef, SwarmSpec, TaskRef
+
+DEFAULT_PEERS = 4
+DEFAULT_STEPS = 60
 
 
 def default_spec(model: str | None = None, task: TaskRef | None = None, lr: float | None = None, name: str | None = None) -> SwarmSpec:
@@ -21,3 +39,184 @@ def default_spec(model: str | None = None, task: TaskRef | None = None, lr: floa
         batch_size=32,
         digest_every=10,
     )
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    peers: int = DEFAULT_PEERS
+    steps: int = DEFAULT_STEPS
+    out: str = "seedswarm-demo"
+    model: str | None = None
+    lr: float | None = None
+    eval_every: int = 10        # steps between live held-out evaluations (on eval_subset examples)
+    eval_subset: int = 256
+    live: bool = True           # rich live display (off for --json)
+
+
+class Follower:
+    """A read-only replica: base weights + a peer's ledger file as it grows, evaluated on demand."""
+
+    def __init__(self, spec: SwarmSpec, model, task, ledger_path: Path) -> None:
+        from ..model.replica import Replica
+
+        self.spec, self.model, self.task, self.ledger_path = spec, model, task, ledger_path
+        self._base = {k: v.clone() for k, v in model.state_dict().items()}
+        self.replica = Replica(model, spec)
+        self.applied: set = set()
+        self.through = 0  # records of steps < through are applied
+
+    def records(self) -> list:
+        from ..protocol.ledger import decode_ledger
+
+        if not self.ledger_path.exists():
+            return []
+        try:
+            return decode_ledger(self.ledger_path.read_bytes())[1]
+        except Exception:
+            return []  # the file is being created
+
+    def follow(self, sealed: int) -> None:
+        """Bring the replica to the ledger's records of steps < ``sealed``."""
+        records = [r for r in self.records() if r.step < sealed]
+        new = [r for r in records if (r.machine, r.first_sample) not in self.applied]
+        if any(r.step < self.through for r in new):  # a late record: replay from the base
+            self.model.load_state_dict(self._base)
+            self.replica.reset()
+            self.applied.clear()
+            new = records
+        self.replica.apply(sorted(new, key=lambda r: r.order_key))
+        self.applied.update((r.machine, r.first_sample) for r in new)
+        self.through = max(self.through, sealed)
+
+    def evaluate(self, examples) -> dict:
+        from ..model.evaluate import evaluate
+
+        self.replica.flush()
+        return evaluate(self.model, self.task, examples)
+
+
+def run_demo(cfg: DemoConfig, on_update=None) -> dict:
+    """Run the demo swarm; returns the summary (see ``seedswarm demo --json``)."""
+    import torch
+
+    from ..model.data import sentiment_examples, shard, split, write_jsonl
+    from ..model.digest import weight_digest
+    from ..model.loading import load_model
+    from ..model.tasks import build_task
+    from ..protocol.ledger import decode_ledger
+    from .artifacts import save_model_folder
+    from .launcher import PeerProcess
+
+    started = time.monotonic()
+    out = Path(cfg.out)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "data").mkdir(parents=True)
+    torch.set_num_threads(1)  # the peers need the cores
+
+    train, test = split(sentiment_examples())
+    for i in range(cfg.peers):
+        write_jsonl(out / "data" / f"peer{i}.jsonl", shard(train, i, cfg.peers))
+    write_jsonl(out / "data" / "test.jsonl", test)
+
+    model, tokenizer = load_model(cfg.model)
+    spec = default_spec(model=cfg.model, lr=cfg.lr, name="demo-sentiment")
+    spec = spec.with_model_digest(weight_digest(model))
+    (out / "spec.json").write_text(spec.to_json())
+    task = build_task(spec.task, tokenizer)
+    subset = test[: cfg.eval_subset]
+    before_full = _evaluate(model, task, test)
+    before_subset = _evaluate(model, task, subset)
+
+    threads = max(1, (os.cpu_count() or 2) // cfg.peers)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    common = ["--swarm-spec", str(out / "spec.json"), "--steps", str(cfg.steps), "--min-peers", str(cfg.peers)]
+    if cfg.model:
+        common += ["--model", cfg.model]
+    peers: list[PeerProcess] = []
+    try:
+        for i in range(cfg.peers):
+            extra = ["--initial-peers", *peers[0].maddrs()] if peers else []
+            peers.append(PeerProcess(f"peer{i}", common + extra + [
+                "--data", str(out / "data" / f"peer{i}.jsonl"), "--data-seed", str(i),
+                "--checkpoint-dir", str(out / "peers" / f"peer{i}")], out / "peers", env=env))
+        follower = Follower(spec, model, task, out / "peers" / "peer0" / "ledger.ssl")
+        history = [{"step": 0, "accuracy": before_subset["accuracy"], "loss": before_subset["loss"]}]
+        next_eval = cfg.eval_every
+        while any(p.proc.poll() is None for p in peers):
+            for p in peers:
+                p.track_children()
+                if p.proc.poll() not in (None, 0):
+                    raise RuntimeError(f"{p.name} failed:\n{p.output()[-3000:]}")
+            step = min((p.step() for p in peers if p.proc.poll() is None), default=cfg.steps)
+            if step >= next_eval and step < cfg.steps:
+                follower.follow(step)
+                result = follower.evaluate(subset)
+                history.append({"step": step, "accuracy": result["accuracy"], "loss": result["loss"]})
+                next_eval = step + cfg.eval_every
+            if on_update is not None:
+                on_update(_live_state(peers, history, cfg))
+            time.sleep(0.5)
+        summaries = [p.summary() for p in peers]
+    finally:
+        for p in peers:
+            p.stop()
+
+    if any(s is None for s in summaries):
+        raise RuntimeError("a peer ended without a summary:\n" + "\n".join(p.output()[-2000:] for p in peers))
+    spec_on_disk, records, _ = decode_ledger((out / "peers" / "peer0" / "ledger.ssl").read_bytes())
+    follower.follow(cfg.steps)
+    follower.replica.flush()
+    digest = weight_digest(model)
+    after = _evaluate(model, task, test)
+    history.append({"step": cfg.steps, "accuracy": _evaluate(model, task, subset)["accuracy"], "loss": after["loss"]})
+    save_model_folder(out / "model", model, tokenizer, spec, records, accuracy_before=before_full["accuracy"],
+                      accuracy_after=after["accuracy"])
+    gradients = sum(r.n for r in records)
+    wire = [s["wire_sent"] for s in summaries]
+    result = {
+        "accuracy_before": round(before_full["accuracy"], 2),
+        "accuracy_after": round(after["accuracy"], 2),
+        "steps": cfg.steps,
+        "peers": cfg.peers,
+        "payload_bytes_per_gradient": sum(len(r.grads) for r in records) / gradients,
+        "record_bytes_per_gradient": round(sum(len(r.encode()) for r in records) / gradients, 2),
+        "wire_bytes_per_gradient": round(sum(wire) / gradients, 1) if all(w is not None for w in wire) else None,
+        "replicas_identical": len({s["digest"] for s in summaries} | {digest}) == 1,
+        "seconds": round(time.monotonic() - started, 1),
+        "gradients": gradients,
+        "digest": digest,
+        "heals": sum(s["heals"] for s in summaries),
+        "late_records": sum(s["late_records"] for s in summaries),
+        "loss_before": round(before_full["loss"], 4),
+        "loss_after": round(after["loss"], 4),
+        "history": history,
+        "out": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _evaluate(model, task, examples) -> dict:
+    from ..model.evaluate import evaluate
+
+    return evaluate(model, task, examples)
+
+
+def _live_state(peers, history, cfg) -> dict:
+    losses, sent, alive, payload = [], 0, 0, None
+    for p in peers:
+        steps = [e for e in p.events() if e["event"] == "step"]
+        if p.proc.poll() is None:
+            alive += 1
+        if steps:
+            last = steps[-1]
+            if last.get("loss") is not None:
+                losses.append(last["loss"])
+            sent += last.get("wire_sent") or 0
+            payload = last.get("payload_bytes_per_gradient") or payload
+    step = max((p.step() for p in peers), default=0)
+    return {"step": step, "steps": cfg.steps, "loss": sum(losses) / len(losses) if losses else None,
+            "accuracy": history[-1]["accuracy"], "accuracy_step": history[-1]["step"], "peers": alive,
+            "payload": payload, "wire_sent": sent}

@@ -374,27 +374,34 @@ class AsyncPeer:
             beats += 1
             await asyncio.sleep(self.config.heartbeat_interval)
 
-    async def _rescan_once(self) -> None:
-        """Re-read recently sealed steps; records that were not there at sealing time are late."""
-        sealed = list(range(max(0, self.step - self.config.rescan_window), self.step))
-        if not sealed:
+    async def _rescan(self, steps) -> None:
+        """Re-read sealed steps; records that were not there at sealing time are late."""
+        steps = sorted(s for s in set(steps) if 0 <= s < self.step)
+        if not steps:
             return
-        for records in (await self._step_records(sealed)).values():
+        for records in (await self._step_records(steps)).values():
             for r in records:
                 if r.machine != self.machine and r not in self.ledger.ledger:
                     self._late[(r.machine, r.first_sample)] = r
 
+    async def _rescan_once(self) -> None:
+        await self._rescan(range(self.step - self.config.rescan_window, self.step))
+
     async def _rescan_loop(self) -> None:
-        """Rescan every rescan_interval seconds, or sooner when steps are fast: at least once per
-        half window of sealed steps, so no step leaves the window unchecked."""
+        """Records normally arrive pushed; the DHT is the fallback. Each sealed step is re-read
+        twice (2 and 6 steps after it was sealed), and the whole window every rescan_interval
+        seconds when the swarm stalls, which keeps DHT reads (and bytes) per step constant."""
         last_time, last_step = time.monotonic(), self.step
         while not self._closing:
             await asyncio.sleep(0.25)
-            if time.monotonic() - last_time < self.config.rescan_interval and self.step - last_step < self.config.rescan_window // 2:
-                continue
-            last_time, last_step = time.monotonic(), self.step
             try:
-                await self._rescan_once()
+                if self.step > last_step:
+                    due = [k - d for k in range(last_step + 1, self.step + 1) for d in (2, 6)]
+                    last_time, last_step = time.monotonic(), self.step
+                    await self._rescan(due)
+                elif time.monotonic() - last_time >= self.config.rescan_interval:
+                    last_time = time.monotonic()
+                    await self._rescan_once()
             except Exception:
                 logger.exception("rescan failed")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -268,6 +269,18 @@ def test_a_drifting_replica_heals_itself_from_the_majority(setup, tmp_path):
     maddrs = a.maddrs()
     b = peer(setup, tmp_path, "b", 1, "--initial-peers", *maddrs, "--min-peers", "3", steps=steps)
     c = peer(setup, tmp_path, "c", 2, "--initial-peers", *maddrs, "--min-peers", "3", "--fault-corrupt-at", "12", steps=steps)
+    a.wait_for_step(20)
+    # while it trains, the swarm is visible to `seedswarm status` and `seedswarm swarms`
+    exe = str(Path(sys.executable).with_name("seedswarm"))
+    swarm = a.events()[0]["swarm_id"]
+    status = subprocess.run([exe, "status", "--initial-peers", *maddrs, "--swarm", swarm, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)[swarm]
+    assert {r["name"] for r in rows} >= {"a", "b", "c"} and all(r["step"] >= 1 for r in rows)
+    listing = subprocess.run([exe, "swarms", "--initial-peers", *maddrs, "--json"], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert any(row["swarm_id"] == swarm and row["name"] == "test" for row in json.loads(listing.stdout))
     summaries = finish([a, b, c])
     assert len({s["digest"] for s in summaries}) == 1
     assert summaries[2]["heals"] >= 1 and summaries[0]["heals"] == 0 and summaries[1]["heals"] == 0

@@ -1,0 +1,41 @@
+"""The main job: `seedswarm demo` runs real peers, learns, and leaves a reproducible model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import transformers
+
+pytestmark = pytest.mark.slow
+EXE = str(Path(sys.executable).with_name("seedswarm"))
+
+
+def test_demo_learns_and_its_ledger_replays_to_the_saved_model(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run([EXE, "demo", "--peers", "2", "--steps", "20", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("accuracy_before", "accuracy_after", "steps", "peers", "payload_bytes_per_gradient",
+                "record_bytes_per_gradient", "wire_bytes_per_gradient", "replicas_identical", "seconds"):
+        assert key in result
+    assert result["steps"] == 20 and result["peers"] == 2
+    assert result["replicas_identical"] is True
+    assert result["payload_bytes_per_gradient"] == 1.0
+    assert 1.0 < result["record_bytes_per_gradient"] < 200
+    assert result["wire_bytes_per_gradient"] > result["record_bytes_per_gradient"]
+    assert result["accuracy_after"] >= result["accuracy_before"] + 5, result
+
+    # a standard save_pretrained folder: transformers alone loads it
+    transformers.AutoModel.from_pretrained(out / "model")
+    transformers.AutoTokenizer.from_pretrained(out / "model")
+    # the ledger replayed onto the bundled base model reproduces the saved model exactly
+    replayed = subprocess.run([EXE, "replay", "--ledger", str(out / "model" / "ledger.ssl"), "--out", str(tmp_path / "r"),
+                               "--json"], capture_output=True, text=True, timeout=600)
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout)["digest"] == result["digest"]
+    digest = subprocess.run([EXE, "digest", str(out / "model")], capture_output=True, text=True, timeout=300)
+    assert digest.stdout.strip() == result["digest"]
+    assert (out / "spec.json").exists()
