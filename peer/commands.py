@@ -41,6 +41,7 @@ def add_commands(sub) -> None:
     group.add_argument("--swarm", default=None, metavar="ID", help="join the swarm with this id (its spec comes from the DHT)")
     _network_flags(p)
     p.add_argument("--model", default=None, help="where to load the base weights from (default: the spec's model id)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--task", default=None, help="with neither --swarm-spec nor --swarm: the task of a new default swarm")
     p.add_argument("--data", default=None, metavar="F.jsonl", help="this peer's private training data")
     p.add_argument("--steps", type=int, default=100, help="train until the swarm has sealed this many steps")
@@ -116,7 +117,7 @@ def cmd_peer(args) -> int:
     config = PeerConfig(
         spec=_spec_from_flags(args), swarm_id=swarm_id, initial_peers=args.initial_peers, host_maddrs=args.host_maddrs,
         announce_maddrs=args.announce_maddrs, identity_path=args.identity_path, steps=args.steps,
-        min_peers=args.min_peers, model=args.model,
+        min_peers=args.min_peers, model=args.model, device=args.device,
         data=args.data, data_seed=args.data_seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume, join_by=args.join_by, json_log=args.json_log, name=args.name,
         fault_corrupt_at=args.fault_corrupt_at,

@@ -25,6 +25,7 @@ class PeerConfig:
     min_peers: int = 1               # wait for this many live peers (this one included) before step 0
     min_peers_timeout: float = 300.0
     model: str | None = None         # load the base weights from here instead of spec.model.id
+    device: str = "auto"             # "cpu", "cuda", "cuda:1", ...; auto: CUDA when available
     data: str | None = None          # this peer's private JSONL data
     data_seed: int = 0               # order in which this peer walks its own data
     # persistence
@@ -47,6 +48,15 @@ class PeerConfig:
     announce: bool = True
     fault_corrupt_at: int | None = None  # chaos testing: flip this replica's weights after this step
 
+    def resolved_device(self) -> str:
+        """Replicas on CPU and GPU stay bit-identical (the update arithmetic is exact on both),
+        so a peer may use whatever it has."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def validate(self) -> None:
         """Raise ValueError naming the setting (as its CLI flag) that cannot work."""
         if (self.spec is None) == (self.swarm_id is None) and not self.resume:
@@ -61,5 +71,14 @@ class PeerConfig:
             raise ValueError("--checkpoint-every must be >= 0")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("--resume needs the --checkpoint-dir of the peer to restart")
+        if self.device != "auto":
+            import torch
+
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"--device {self.device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"--device {self.device}: this machine has no CUDA device; use --device cpu")
         if not 0 < self.heartbeat_interval < self.heartbeat_ttl:
             raise ValueError("heartbeat_interval must be positive and below heartbeat_ttl")

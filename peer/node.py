@@ -202,7 +202,7 @@ class AsyncPeer:
         if self.model is None:
             try:
                 self.model, self.tokenizer, self.task = await self._in_thread(
-                    load_base, spec, cfg.model, "cpu", bool(spec.model.digest))
+                    load_base, spec, cfg.model, cfg.resolved_device(), bool(spec.model.digest))
             except DigestMismatch as exc:
                 raise PeerError(str(exc)) from None
         else:
@@ -599,6 +599,9 @@ class AsyncPeer:
         except Exception as exc:
             logger.warning("could not fetch the ledger from %s: %s", PeerID(owner), exc)
             return 0
+        if records:  # a fresher frontier than heartbeats give: the owner has sealed at least this much
+            sealed = max(r.step for r in records) + 1
+            self._sealed_by[owner] = max(self._sealed_by.get(owner, 0), sealed)
         return len(self._admit(records))
 
     async def _replay_steps(self, start: int, stop: int) -> None:

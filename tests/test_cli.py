@@ -107,6 +107,7 @@ def test_console_script_and_data_command(tmp_path):
     (["peer", "--resume", "--data", "x.jsonl"], "--resume needs the --checkpoint-dir"),
     (["peer", "--steps", "0"], "--steps must be at least 1"),
     (["peer", "--min-peers", "0"], "--min-peers"),
+    (["peer", "--device", "tpu9"], "--device"),
     (["status"], "--initial-peers is required"),
     (["swarms"], "--initial-peers is required"),
 ])

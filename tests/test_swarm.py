@@ -216,7 +216,7 @@ def test_forged_malformed_and_oversized_values_are_rejected(setup, tmp_path):
         count = 0
         p2p = await dht.replicate_p2p()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and a.step() < steps - 10:
+        while count < 10 or (time.monotonic() < deadline and a.step() < steps - 10):  # two rounds at least
             t = a.step()
             forged = Record(step=t, machine=victim_machine, first_sample=10**9 + count, scale_exp=0, grads=b"\x7f")
             attacks = [
@@ -227,13 +227,10 @@ def test_forged_malformed_and_oversized_values_are_rejected(setup, tmp_path):
                                                  scale_exp=0, grads=b"\x7f").encode())),    # under the wrong step key
                 (mine, pack("rec", swarm, b"\x01" * 20_000)),                               # oversized record
             ]
-            for subkey, value in attacks:
-                try:
-                    await asyncio.wait_for(dht.store(step_key(swarm, t), value, get_dht_time() + 600, subkey=subkey,
-                                                     return_future=True), 5)
-                except asyncio.TimeoutError:
-                    pass
-                count += 1
+            stores = [asyncio.wait_for(dht.store(step_key(swarm, t), value, get_dht_time() + 600, subkey=subkey,
+                                                 return_future=True), 10) for subkey, value in attacks]
+            await asyncio.gather(*stores, return_exceptions=True)
+            count += len(attacks)
             for target in honest:  # pushes: a record in another's name, garbage, an unknown message
                 for frame in (b"R" + forged.encode(), b"R" + b"\xff" * 50, b"Z" + b"\x00" * 8):
                     try:
@@ -253,7 +250,7 @@ def test_forged_malformed_and_oversized_values_are_rejected(setup, tmp_path):
         dht.shutdown()
         a.stop()
         b.stop()
-    assert attempts > 10
+    assert attempts >= 10
     assert summaries[0]["digest"] == summaries[1]["digest"]
     honest_machines = {PeerID.from_base58(p).to_bytes() for p in honest}
     for name in ("a", "b"):
