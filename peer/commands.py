@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from ..protocol.errors import ProtocolError
 from ..protocol.spec import SwarmSpec, parse_swarm_id
@@ -211,11 +212,15 @@ def _kb(x) -> str:
 
 # --- demo ----------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, check_out_dir, run_demo
 
     if args.peers < 1 or args.steps < 1:
         raise UsageError("--peers and --steps must be at least 1")
     cfg = DemoConfig(peers=args.peers, steps=args.steps, out=args.out, model=args.model, lr=args.lr, live=not args.json)
+    try:
+        check_out_dir(Path(cfg.out))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(run_demo(cfg)), flush=True)
         return 0
@@ -236,7 +241,9 @@ def cmd_demo(args) -> int:
         ("payload per gradient", f"{result['payload_bytes_per_gradient']:.2f} B"),
         ("record per gradient", f"{result['record_bytes_per_gradient']:.1f} B (msgpack record, headers included)"),
         ("wire per gradient", "n/a" if result["wire_bytes_per_gradient"] is None
-         else f"{result['wire_bytes_per_gradient']:.0f} B (TCP payload, DHT + signatures + pushes)"),
+         else f"{result['wire_bytes_per_gradient']:.0f} B (TCP payload, DHT + signatures + pushes, start-up included)"),
+        ("wire per gradient, steady", "n/a" if result["wire_bytes_per_gradient_steady"] is None
+         else f"{result['wire_bytes_per_gradient_steady']:.0f} B (median step)"),
         ("replicas identical", "yes" if result["replicas_identical"] else "NO"),
         ("late records / heals", f"{result['late_records']} / {result['heals']}"),
         ("time", f"{result['seconds']:.0f} s"),

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -95,6 +96,13 @@ class Follower:
         return evaluate(self.model, self.task, examples)
 
 
+def check_out_dir(out: Path) -> None:
+    """The demo replaces its --out folder, so refuse any folder that is not empty or an earlier
+    demo's output (it would be deleted)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "spec.json").exists())):
+        raise ValueError(f"--out {out} exists and is not an earlier demo's folder; pick a new or empty folder")
+
+
 def run_demo(cfg: DemoConfig, on_update=None) -> dict:
     """Run the demo swarm; returns the summary (see ``seedswarm demo --json``)."""
     import torch
@@ -109,8 +117,9 @@ def run_demo(cfg: DemoConfig, on_update=None) -> dict:
 
     started = time.monotonic()
     out = Path(cfg.out)
+    check_out_dir(out)
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # empty, or an earlier demo's output: replaced
     (out / "data").mkdir(parents=True)
     torch.set_num_threads(1)  # the peers need the cores
 
@@ -183,6 +192,7 @@ def run_demo(cfg: DemoConfig, on_update=None) -> dict:
         "payload_bytes_per_gradient": sum(len(r.grads) for r in records) / gradients,
         "record_bytes_per_gradient": round(sum(len(r.encode()) for r in records) / gradients, 2),
         "wire_bytes_per_gradient": round(sum(wire) / gradients, 1) if all(w is not None for w in wire) else None,
+        "wire_bytes_per_gradient_steady": _steady_wire(peers, spec.samples_per_step),
         "replicas_identical": len({s["digest"] for s in summaries} | {digest}) == 1,
         "seconds": round(time.monotonic() - started, 1),
         "gradients": gradients,
@@ -220,3 +230,15 @@ def _live_state(peers, history, cfg) -> dict:
     return {"step": step, "steps": cfg.steps, "loss": sum(losses) / len(losses) if losses else None,
             "accuracy": history[-1]["accuracy"], "accuracy_step": history[-1]["step"], "peers": alive,
             "payload": payload, "wire_sent": sent}
+
+
+def _steady_wire(peers: list, samples_per_step: int) -> float | None:
+    """Wire bytes per gradient once the swarm runs: each peer's median bytes sent per step
+    (start-up, joining and the final barrier excluded), summed over peers, per gradient."""
+    medians = []
+    for p in peers:
+        sent = [e["wire_sent_step"] for e in p.events() if e.get("event") == "step" and e.get("wire_sent_step") is not None]
+        if not sent:
+            return None
+        medians.append(statistics.median(sent))
+    return round(sum(medians) / (len(peers) * samples_per_step), 1)

@@ -85,9 +85,11 @@ class PeerStats:
     wire_received: int | None = None
 
 
-async def _get_many(dht, node, keys):
-    """Runs inside the DHT process: one round trip for several keys."""
-    return await node.get_many(keys, sufficient_expiration_time=float("inf"))
+async def _get_many(dht, node, keys, latest):
+    """Runs inside the DHT process: one round trip for several keys. latest: crawl every node
+    holding a key and merge all their subkeys; otherwise stop at the first live copy (often this
+    node's own replica: no network at all), which is what the per-step polls use."""
+    return await node.get_many(keys, sufficient_expiration_time=float("inf") if latest else None)
 
 
 class AsyncPeer:
@@ -287,10 +289,10 @@ class AsyncPeer:
             logger.debug("store %s failed: %s", key, exc)
             return False
 
-    async def _get_many(self, keys: list[str]) -> dict[str, list]:
+    async def _get_many(self, keys: list[str], latest: bool = True) -> dict[str, list]:
         """Valid seedswarm entries per key: [(owner peer id, decoded value)]."""
         try:
-            raw = await self.dht.run_coroutine(partial(_get_many, keys=keys), return_future=True)
+            raw = await self.dht.run_coroutine(partial(_get_many, keys=keys, latest=latest), return_future=True)
         except Exception as exc:
             logger.debug("get %s failed: %s", keys[:2], exc)
             return {k: [] for k in keys}
@@ -308,15 +310,15 @@ class AsyncPeer:
             out[key] = entries
         return out
 
-    async def _get(self, key: str) -> list:
-        return (await self._get_many([key]))[key]
+    async def _get(self, key: str, latest: bool = True) -> list:
+        return (await self._get_many([key], latest))[key]
 
     async def _live(self, max_age: float = 0.0) -> dict[bytes, Heartbeat]:
         """Heartbeats of live peers (not expired), this one excluded."""
         cached = self._cache.get("live")
         if cached and time.monotonic() - cached[0] <= max_age:
             return cached[1]
-        live = {owner: d.value for owner, d in await self._get(peers_key(self.swarm)) if owner != self.machine}
+        live = {owner: d.value for owner, d in await self._get(peers_key(self.swarm), latest=False) if owner != self.machine}
         self._cache["live"] = (time.monotonic(), live)
         return live
 
@@ -333,8 +335,8 @@ class AsyncPeer:
                 best, who = hb.step, owner
         return best, who
 
-    async def _step_records(self, steps: list[int]) -> dict[int, list[Record]]:
-        found = await self._get_many([step_key(self.swarm, s) for s in steps])
+    async def _step_records(self, steps: list[int], latest: bool = True) -> dict[int, list[Record]]:
+        found = await self._get_many([step_key(self.swarm, s) for s in steps], latest)
         return {s: [d.value for _, d in found[step_key(self.swarm, s)]] for s in steps}
 
     async def _heartbeat_now(self, ttl: float | None = None) -> None:
@@ -374,18 +376,18 @@ class AsyncPeer:
             beats += 1
             await asyncio.sleep(self.config.heartbeat_interval)
 
-    async def _rescan(self, steps) -> None:
+    async def _rescan(self, steps, latest: bool = False) -> None:
         """Re-read sealed steps; records that were not there at sealing time are late."""
         steps = sorted(s for s in set(steps) if 0 <= s < self.step)
         if not steps:
             return
-        for records in (await self._step_records(steps)).values():
+        for records in (await self._step_records(steps, latest)).values():
             for r in records:
                 if r.machine != self.machine and r not in self.ledger.ledger:
                     self._late[(r.machine, r.first_sample)] = r
 
     async def _rescan_once(self) -> None:
-        await self._rescan(range(self.step - self.config.rescan_window, self.step))
+        await self._rescan(range(self.step - self.config.rescan_window, self.step), latest=True)
 
     async def _rescan_loop(self) -> None:
         """Records normally arrive pushed; the DHT is the fallback. Each sealed step is re-read
@@ -472,7 +474,7 @@ class AsyncPeer:
             if not waiting or now >= deadline:
                 return [r for r in inbox.values() if r.machine != self.machine] + [own]
             if now >= next_poll:
-                for r in (await self._step_records([s]))[s]:
+                for r in (await self._step_records([s], latest=False))[s]:
                     inbox.setdefault(r.machine, r)
                 live = await self._live(max_age=self.config.heartbeat_interval)
                 next_poll = time.monotonic() + self.config.dht_poll_interval

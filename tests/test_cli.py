@@ -125,3 +125,13 @@ def test_a_bad_swarm_spec_file_names_the_field(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["peer", "--swarm-spec", str(bad), "--data", "x.jsonl"])
     assert "epsilon" in capsys.readouterr().err
+
+
+def test_demo_refuses_to_replace_a_folder_that_is_not_its_own(capsys, tmp_path):
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(precious), "--steps", "1", "--peers", "1"])
+    assert exc.value.code == 2 and "--out" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
