@@ -76,8 +76,41 @@ def _doubled(enc: dict) -> dict:
     return {k: torch.cat([v, v]) for k, v in enc.items()}
 
 
+class _ClassifierLosses:
+    """loss / paired / score of a classification task, given how it runs the model
+    (``_output``: the tensor it reads) and how it turns that into class logits (``_head``)."""
+
+    def _output(self, model, enc) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _head(self, out: torch.Tensor, enc: dict, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, model, batch):
+        enc = _on_device(batch["enc"], model)
+        return self._head(self._output(model, enc), enc, batch)
+
+    def loss(self, model, batch):
+        return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
+
+    def paired(self, model, batch) -> PairedLoss:
+        enc = _on_device(batch["enc"], model)
+        rows = enc["input_ids"].shape[0]
+        labels = batch["labels"].to(_device(model))
+
+        def losses():
+            out = self._output(model, _doubled(enc))
+            return tuple(F.cross_entropy(_upcast(self._head(o, enc, batch)), labels) for o in (out[:rows], out[rows:]))
+
+        return PairedLoss(losses, rows)
+
+    def score(self, model, batch):
+        logits = _upcast(self.logits(model, batch))
+        return F.cross_entropy(logits, batch["labels"].to(logits.device)), logits.argmax(-1).cpu(), batch["labels"]
+
+
 @dataclass
-class LabelPromptTask:
+class LabelPromptTask(_ClassifierLosses):
     tokenizer: Any
     prompts: Sequence[str] = ("This is negative.", "This is positive.")
     labels: Sequence[str] = ("negative", "positive")
@@ -94,39 +127,18 @@ class LabelPromptTask:
         labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
         return {"enc": dict(enc), "labels": labels, "n": len(examples)}
 
-    def _logits_from(self, hidden, mask, n):
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
+    def _output(self, model, enc):
+        return model(**enc).last_hidden_state
+
+    def _head(self, hidden, enc, batch):
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         emb = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+        n = batch["n"]
         return self.scale * emb[:n] @ emb[n:].T
-
-    def logits(self, model, batch):
-        enc = _on_device(batch["enc"], model)
-        return self._logits_from(model(**enc).last_hidden_state, enc["attention_mask"], batch["n"])
-
-    def loss(self, model, batch):
-        return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
-
-    def paired(self, model, batch) -> PairedLoss:
-        enc = _on_device(batch["enc"], model)
-        rows = enc["input_ids"].shape[0]
-        labels = batch["labels"].to(_device(model))
-
-        def losses():
-            hidden = model(**_doubled(enc)).last_hidden_state
-            return tuple(
-                F.cross_entropy(_upcast(self._logits_from(h, enc["attention_mask"], batch["n"])), labels)
-                for h in (hidden[:rows], hidden[rows:])
-            )
-
-        return PairedLoss(losses, rows)
-
-    def score(self, model, batch):
-        logits = _upcast(self.logits(model, batch))
-        return F.cross_entropy(logits, batch["labels"].to(logits.device)), logits.argmax(-1).cpu(), batch["labels"]
 
 
 @dataclass
-class LabelWordTask:
+class LabelWordTask(_ClassifierLosses):
     tokenizer: Any
     template: str = "{text} It was"
     words: Sequence[str] = (" terrible", " great")
@@ -149,34 +161,13 @@ class LabelWordTask:
         labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
         return {"enc": dict(enc), "labels": labels}
 
-    def _logits_from(self, out, mask):
-        last = mask.sum(1) - 1
+    def _output(self, model, enc):
+        return model(**enc).logits
+
+    def _head(self, out, enc, batch):
+        last = enc["attention_mask"].sum(1) - 1
         final = out[torch.arange(out.shape[0], device=out.device), last]
         return final[:, self.word_ids.to(out.device)]
-
-    def logits(self, model, batch):
-        enc = _on_device(batch["enc"], model)
-        return self._logits_from(model(**enc).logits, enc["attention_mask"])
-
-    def loss(self, model, batch):
-        return F.cross_entropy(_upcast(self.logits(model, batch)), batch["labels"].to(_device(model)))
-
-    def paired(self, model, batch) -> PairedLoss:
-        enc = _on_device(batch["enc"], model)
-        rows = enc["input_ids"].shape[0]
-        labels = batch["labels"].to(_device(model))
-
-        def losses():
-            out = model(**_doubled(enc)).logits
-            return tuple(
-                F.cross_entropy(_upcast(self._logits_from(o, enc["attention_mask"])), labels) for o in (out[:rows], out[rows:])
-            )
-
-        return PairedLoss(losses, rows)
-
-    def score(self, model, batch):
-        logits = _upcast(self.logits(model, batch))
-        return F.cross_entropy(logits, batch["labels"].to(logits.device)), logits.argmax(-1).cpu(), batch["labels"]
 
 
 @dataclass

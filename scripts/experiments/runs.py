@@ -1,0 +1,192 @@
+"""The experiment setting and the one training loop every run goes through.
+
+Setting: the bundled MiniLM (all-MiniLM-L6-v2) on the bundled VADER sentiment task, the
+hash split of ``split(sentiment_examples())``, batches of 32, torch on 2 threads.
+
+A swarm of P peers is simulated exactly in one process with ONE replica: real replicas are
+bit-identical by construction, so every simulated machine computes its record on the same
+weights, and the P records of a step are applied (in canonical order) once all exist.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import torch
+from torch import nn
+
+from seedswarm.model import BatchStream, Replica, build_task, evaluate, load_model, sentiment_examples, shard, split
+from seedswarm.model.baselines import justonebyte_quantize
+from seedswarm.model.loading import BUNDLED_ID
+from seedswarm.model.tasks import PRESETS
+from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, SwarmSpec
+
+BATCH_SIZE = 32
+ZO_LR = 1e-4
+EPS = 1e-3
+CLIP = 64.0
+
+#: What a codec sends per projected gradient (bytes) and what value the update then uses.
+#: "onebyte" goes through the real record path (Replica.local_step / Replica.apply) instead.
+CODECS: dict[str, tuple[float, Callable[[float], float] | None]] = {
+    "onebyte": (1.0, None),
+    "fp32": (4.0, lambda g: g),
+    "justonebyte": (9 / 8, justonebyte_quantize),  # sign + 255 levels = 9 bits
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. ``method`` is "zo" (SPSA through a codec), "adamw" (backprop) or "zero-shot"."""
+
+    name: str
+    label: str
+    method: str = "zo"
+    codec: str = "onebyte"
+    perturbation: str = "rademacher"
+    peers: int = 1
+    steps: int = 60
+    eval_every: int = 4
+    lr: float = ZO_LR
+
+
+@dataclass
+class Eval:
+    step: int
+    accuracy: float       # on the fixed held-out subset
+    payload_bytes: float  # cumulative, all peers: the gradient payload alone
+    sent_bytes: float     # cumulative, all peers: what is published (encoded records where there are records)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    evals: list[Eval]
+    final_full: float                                  # accuracy on the whole held-out set at the end
+    grads: list[float] = field(default_factory=list)   # exact projected gradients (ZO runs)
+    record_bytes: list[int] = field(default_factory=list)  # len(record.encode()) of every record
+    seconds: float = 0.0
+    diverged: str = ""
+
+
+class Setting:
+    """Model, task and data shared by all runs; every run gets a freshly loaded model."""
+
+    def __init__(self, eval_size: int) -> None:
+        torch.set_num_threads(2)
+        model, self.tokenizer = load_model(None)
+        self.numel = sum(p.numel() for p in model.parameters())
+        self.task = build_task(PRESETS["sentiment"], self.tokenizer)
+        self.train, self.test = split(sentiment_examples())
+        n = min(eval_size, len(self.test))  # evenly spaced: the held-out set is in lexicon (alphabetical) order
+        self.eval_set = [self.test[i * len(self.test) // n] for i in range(n)]
+
+    def spec(self, perturbation: str = "rademacher") -> SwarmSpec:
+        return SwarmSpec(name="seedswarm-experiments", model=ModelRef(BUNDLED_ID), task=PRESETS["sentiment"],
+                         lr=LRSchedule(base=ZO_LR), eps=EPS, codec=CodecParams(clip=CLIP), batch_size=BATCH_SIZE,
+                         perturbation=perturbation)
+
+    def fresh_model(self) -> nn.Module:
+        return load_model(None)[0]
+
+    def stream(self, peer: int, peers: int) -> BatchStream:
+        """Peer ``peer``'s private shard, in its own shuffled order (seed = peer index)."""
+        return BatchStream(shard(self.train, peer, peers), BATCH_SIZE, seed=peer)
+
+    def accuracy(self, model: nn.Module, full: bool = False) -> float:
+        return evaluate(model, self.task, self.test if full else self.eval_set)["accuracy"]
+
+
+# A run is a step function (step -> (payload bytes, sent bytes) of that step) plus a sync
+# (materialise pending updates before an evaluation). Each method builds its own pair.
+StepFn = Callable[[int], tuple[float, float]]
+
+
+def zo_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResult) -> tuple[StepFn, Callable[[], None]]:
+    """SPSA on P simulated peers. One-byte: the normal record path. Other codecs: the exact
+    projected gradient of the same record (same seed, same batch) goes through the codec and
+    is queued as coef = f32(-lr * value), exactly like a decoded byte would be."""
+    spec = setting.spec(cfg.perturbation)
+    replica = Replica.for_task(model, spec, setting.task)
+    machines = [b"sim-%d" % i for i in range(cfg.peers)]
+    streams = [setting.stream(i, cfg.peers) for i in range(cfg.peers)]
+    payload, quantize = CODECS[cfg.codec]
+
+    def step(t: int) -> tuple[float, float]:
+        local = [replica.local_step(t, m, t, [setting.task.collate(next(s))]) for m, s in zip(machines, streams)]
+        local.sort(key=lambda r: r.record.order_key)
+        result.grads += [g for r in local for g in r.grads]
+        if quantize is None:
+            replica.apply([r.record for r in local])
+            sizes = [len(r.record.encode()) for r in local]
+            result.record_bytes += sizes
+            return float(sum(len(r.record.grads) for r in local)), float(sum(sizes))
+        lr = spec.lr(t)
+        for r in local:
+            seed = replica.seed(r.record.machine, r.record.first_sample)
+            replica.zo.queue_update(seed, float(np.float32(-(lr * quantize(r.grads[0])))))
+        return payload * len(local), payload * len(local)
+
+    return step, replica.flush
+
+
+def adamw_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResult) -> tuple[StepFn, Callable[[], None]]:
+    """First-order fine-tuning with AdamW on peer 0's batches (the same batches as the one-peer
+    ZO runs). If shared data-parallel, a step would send a full fp32 gradient per peer."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    stream = setting.stream(0, 1)
+    per_step = 4.0 * setting.numel * cfg.peers
+
+    def step(t: int) -> tuple[float, float]:
+        loss = setting.task.loss(model, setting.task.collate(next(stream)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return per_step, per_step
+
+    return step, lambda: None
+
+
+METHODS = {"zo": zo_steps, "adamw": adamw_steps}
+
+
+def train_run(cfg: RunConfig, setting: Setting, zero_shot: float, log: Callable[[str], None] = print) -> RunResult:
+    """Train a fresh model per ``cfg``; held-out subset accuracy every ``eval_every`` steps and at
+    the end, full held-out accuracy at the end. Step 0 is the zero-shot accuracy (same weights)."""
+    started = time.perf_counter()
+    model = setting.fresh_model()
+    result = RunResult(cfg, [Eval(0, zero_shot, 0.0, 0.0)], final_full=float("nan"))
+    if cfg.method == "zero-shot":
+        result.final_full = setting.accuracy(model, full=True)
+        return result
+    step_fn, sync = METHODS[cfg.method](cfg, setting, model, result)
+    payload = sent = 0.0
+    for t in range(cfg.steps):
+        try:
+            step_payload, step_sent = step_fn(t)
+        except FloatingPointError as exc:  # ZO divergence: keep what we have, say so
+            result.diverged = str(exc)
+            log(f"  {cfg.name}: diverged at step {t}: {exc}")
+            break
+        payload, sent = payload + step_payload, sent + step_sent
+        if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.steps:
+            sync()
+            result.evals.append(Eval(t + 1, setting.accuracy(model), payload, sent))
+            log(f"  {cfg.name}: step {t + 1:4d}  held-out subset acc {result.evals[-1].accuracy:6.2f}  "
+                f"({time.perf_counter() - started:6.1f}s)")
+    sync()
+    result.final_full = setting.accuracy(model, full=True)
+    result.seconds = time.perf_counter() - started
+    log(f"  {cfg.name}: done, full held-out acc {result.final_full:.2f} in {result.seconds:.0f}s")
+    return result
+
+
+def steps_to_target(result: RunResult, target: float) -> int | None:
+    """First evaluated step whose subset accuracy reaches ``target`` (None if never)."""
+    return next((e.step for e in result.evals if e.accuracy >= target), None)
