@@ -153,10 +153,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where RESULTS.md and the PNGs go (default docs/)")
     parser.add_argument("--steps", type=int, default=None, help="steps of the one-peer runs (default 60, --quick 6)")
     parser.add_argument("--demo-timeout", type=float, default=None, help="seconds allowed for `seedswarm demo` (default 600, --quick 180)")
+    parser.add_argument("--eval-size", type=int, default=None, help="held-out subset for the curves (default 512, --quick 128)")
+    parser.add_argument("--no-demo", action="store_true", help="skip the multi-process demo (no wire-byte measurement)")
     args = parser.parse_args()
     steps = args.steps or (6 if args.quick else 60)
     eval_every = 2 if args.quick else 4
-    eval_size = 128 if args.quick else 512
+    eval_size = args.eval_size or (128 if args.quick else 512)
     args.out.mkdir(parents=True, exist_ok=True)
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -178,7 +180,10 @@ def main() -> None:
     job = justonebyte_message(runs["zo-fp32"].grads)
     records = runs["onebyte-p1"].record_bytes + [b for p in PEERS[1:] for b in runs[f"onebyte-p{p}"].record_bytes]
     log("codec bench done; running the multi-process demo")
-    demo, demo_note = run_demo(args.quick, args.demo_timeout or (180 if args.quick else 600))
+    if args.no_demo:
+        demo, demo_note = None, "--no-demo: the multi-process demo was skipped; no wire measurement."
+    else:
+        demo, demo_note = run_demo(args.quick, args.demo_timeout or (180 if args.quick else 600))
     log(demo_note)
 
     record_mean = statistics.fmean(records)

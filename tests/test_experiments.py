@@ -1,0 +1,30 @@
+"""The experiments pipeline end to end at toy size: every run of the plan, the codec bench,
+the report (markdown, plots, raw JSON). The real numbers come from `make experiments`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_writes_results_tables_and_plots(tmp_path):
+    script = ROOT / "scripts" / "experiments" / "run_all.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--steps", "2", "--eval-size", "32", "--no-demo",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for png in ("accuracy_vs_step.png", "accuracy_vs_bytes.png", "codecs.png", "steps_to_target.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    raw = json.loads((tmp_path / "results.json").read_text())
+    assert set(raw["runs"]) == {"onebyte-p1", "zo-fp32", "justonebyte", "gaussian", "adamw",
+                                "onebyte-p2", "onebyte-p4", "onebyte-p8"}
+    one_byte = raw["runs"]["onebyte-p1"]
+    assert len(one_byte["grads"]) == 2 and all(b > 0 for b in one_byte["record_bytes"])
+    assert raw["bench"]["bits_on_the_wire"]["ours"] == 8
+    md = (tmp_path / "RESULTS.md").read_text()
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "--no-demo"):
+        assert section in md
