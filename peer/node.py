@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord
 from hivemind.p2p import P2P, PeerID
 from hivemind.utils import get_dht_time
 from torch import nn
@@ -90,6 +92,36 @@ async def _get_many(dht, node, keys, latest):
     holding a key and merge all their subkeys; otherwise stop at the first live copy (often this
     node's own replica: no network at all), which is what the per-step polls use."""
     return await node.get_many(keys, sufficient_expiration_time=float("inf") if latest else None)
+
+
+async def _store_near(dht, node, key, subkey, value, expiration):
+    """Runs inside the DHT process: store one signed subkey value. hivemind's store first crawls
+    toward the key (rpc_find), and every node it asks answers with the key's whole current
+    dictionary: for a per-step key, every peer's signed record, again and again. While the
+    routing table is one unsplit bucket (fewer than bucket_size nodes: we know the whole DHT),
+    the nearest nodes are already known, so the value goes straight to them (exactly the nodes
+    hivemind would pick); larger DHTs take hivemind's crawl."""
+    table = node.protocol.routing_table
+    if sum(len(b.nodes_to_peer_id) for b in table.buckets) >= node.protocol.bucket_size:
+        return await node.store(key, value, expiration, subkey=subkey)
+    key_id = DHTID.generate(source=key)
+    candidates = table.get_nearest_neighbors(key_id, node.num_replicas, exclude=node.node_id) + [(node.node_id, None)]
+    candidates = sorted(candidates, key=lambda c: key_id.xor_distance(c[0]))[: node.num_replicas]
+    serializer = node.protocol.serializer
+    record = DHTRecord(key_id.to_bytes(), serializer.dumps(subkey), serializer.dumps(value), expiration)
+    signed = node.protocol.record_validator.sign_value(record)
+    stored = False
+    remote = []
+    for node_id, peer_id in candidates:
+        if peer_id is None:
+            if node.protocol.record_validator.validate(dataclasses.replace(record, value=signed)):
+                stored = node.protocol.storage.store(key_id, signed, expiration, subkey=subkey) or stored
+        else:
+            remote.append(node.protocol.call_store(peer_id, keys=[key_id], values=[signed], expiration_time=[expiration],
+                                                   subkeys=[subkey]))
+    for result in await asyncio.gather(*remote, return_exceptions=True):
+        stored = stored or (isinstance(result, list) and any(result))
+    return stored
 
 
 class AsyncPeer:
@@ -152,6 +184,9 @@ class AsyncPeer:
                 # hivemind dials the swarm with a throwaway daemon to see if an existing identity is
                 # in use; one generated a moment ago cannot be
                 check_if_identity_free=not self.identity.created,
+                # no background traffic of hivemind's caching: a get does not re-store what it found on
+                # other nodes, and cached heartbeats (which expire in seconds) are not re-fetched on a timer
+                cache_nearest=0, cache_refresh_before_expiry=0,
             )
         except Exception as exc:
             raise PeerError(f"could not start the DHT node (check --host-maddrs / --initial-peers / --identity-path): {exc}") from None
@@ -284,7 +319,8 @@ class AsyncPeer:
 
     async def _store(self, key: str, value: bytes, expiration: float) -> bool:
         try:
-            return bool(await self.dht.store(key, value, expiration, subkey=self._owner, return_future=True))
+            return bool(await self.dht.run_coroutine(
+                partial(_store_near, key=key, subkey=self._owner, value=value, expiration=expiration), return_future=True))
         except Exception as exc:  # a store that fails is retried by the next round or heartbeat
             logger.debug("store %s failed: %s", key, exc)
             return False
