@@ -149,7 +149,8 @@ class AsyncPeer:
         self.step_time = 0.0
         self._late: dict[tuple, Record] = {}
         self._inbox: dict[int, dict[bytes, Record]] = collections.defaultdict(dict)  # pushed records by step
-        self._sealed_by: dict[bytes, int] = {}  # steps each peer has sealed, from its pushed notes
+        self._sealed_by: dict[bytes, int] = {}  # steps each peer has sealed, from its pushed records and notes
+        self._target = config.steps
         self._arrived = asyncio.Event()
         self._digests_checked: set[int] = set()
         self._tasks: list[asyncio.Task] = []
@@ -447,7 +448,7 @@ class AsyncPeer:
     async def train(self, steps: int | None = None) -> dict:
         """Join the swarm where it is, then train until it has sealed ``steps`` steps; returns
         the final summary."""
-        target = steps or self.config.steps
+        target = self._target = steps or self.config.steps
         if not self._joined:
             await self._join()
             self._joined = True
@@ -523,7 +524,8 @@ class AsyncPeer:
 
     async def _push(self, message: bytes) -> None:
         """Send a message straight to every live peer: b"R" + our record (the DHT copy is for
-        whoever misses it), or b"S" + the number of steps we have sealed."""
+        whoever misses it), or b"S" + the number of steps we have sealed (sent only after the last
+        step: while training, each record says as much)."""
         live = await self._live(max_age=self.config.heartbeat_interval)
         await asyncio.gather(*(self._push_to(o, message) for o, hb in live.items() if hb.status != "leaving"))
 
@@ -554,6 +556,9 @@ class AsyncPeer:
             record = decode_record(body)
             if record.machine != sender:
                 raise ProtocolError("pushed record of another machine")
+            # a record of step t is computed on the weights after t sealed steps: it doubles as the
+            # sender's "sealed t" note, so a training peer pushes no separate note per step
+            self._sealed_by[sender] = max(self._sealed_by.get(sender, 0), record.step)
             if record.step >= self.step:
                 self._inbox[record.step].setdefault(record.machine, record)
                 self._arrived.set()
@@ -599,7 +604,7 @@ class AsyncPeer:
             if self.step % self.checkpoint_every == 0:
                 await self._in_thread(save_checkpoint, self.workdir, self.model, self.step, digest, self.swarm)
         self._save_state()
-        if self.status == "training":
+        if self.status == "training" and self.step >= self._target:  # no next record will say so
             self._background(self._push(b"S" + self.step.to_bytes(8, "little")))
         wire = await self._in_thread(self.wire.read)
         sent_step = received_step = None
@@ -801,8 +806,7 @@ class AsyncPeer:
         while 1 + len(await self._live()) < self.config.min_peers:
             if time.monotonic() > deadline:
                 raise PeerError(f"fewer than --min-peers {self.config.min_peers} peers showed up in {self.config.min_peers_timeout:.0f}s")
-            await self._heartbeat_now()
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # our own presence is the heartbeat loop's job
         self.status = "training"
         await self._heartbeat_now()
         settle = time.monotonic() + 10 * self.config.heartbeat_interval
