@@ -192,8 +192,8 @@ def main() -> None:
     if demo and demo.get("wire_bytes_per_gradient_steady") is not None:
         steady = (f"{demo['wire_bytes_per_gradient_steady']:,.1f}",
                   "measured in the same run: each peer's median TCP bytes sent per step (start-up and the final "
-                  "barrier excluded), summed over peers, per gradient. Per step a peer pushes its record and a 'sealed' "
-                  "note to every other peer (one libp2p stream each), stores its RSA-signed record in the DHT (an RPC "
+                  "barrier excluded), summed over peers, per gradient. Per step a peer pushes its record to every "
+                  "other peer (one libp2p stream each), stores its RSA-signed record in the DHT (an RPC "
                   "to each replica node), and heartbeats: those messages, with their 256-byte RSA signatures and "
                   "hivemind's RPC framing, make up these bytes, not the 44-byte record")
     if demo and demo.get("wire_bytes_per_gradient") is not None:
