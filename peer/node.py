@@ -151,6 +151,7 @@ class AsyncPeer:
         self._inbox: dict[int, dict[bytes, Record]] = collections.defaultdict(dict)  # pushed records by step
         self._sealed_by: dict[bytes, int] = {}  # steps each peer has sealed, from its pushed records and notes
         self._target = config.steps
+        self._wire_at_seal: tuple[int, int] | None = None
         self._arrived = asyncio.Event()
         self._digests_checked: set[int] = set()
         self._tasks: list[asyncio.Task] = []
@@ -609,8 +610,10 @@ class AsyncPeer:
         wire = await self._in_thread(self.wire.read)
         sent_step = received_step = None
         if wire is not None:
-            if self.stats.wire_sent is not None:
-                sent_step, received_step = wire[0] - self.stats.wire_sent, wire[1] - self.stats.wire_received
+            # since the previous seal (heartbeats also refresh stats.wire_*, so they are no baseline)
+            if self._wire_at_seal is not None:
+                sent_step, received_step = wire[0] - self._wire_at_seal[0], wire[1] - self._wire_at_seal[1]
+            self._wire_at_seal = wire
             self.stats.wire_sent, self.stats.wire_received = wire
         self._event("step", step=s, loss=self.loss, records=len(sealed), peers=1 + len(await self._live(max_age=self.config.heartbeat_interval)),
                     digest=digest, wire_sent_step=sent_step, wire_received_step=received_step, **self._byte_stats())
