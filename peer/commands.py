@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -266,7 +267,9 @@ def _demo_line(state: dict):
 
 
 # --- bootstrap, status, swarms ----------------------------------------------------------------------
+@contextlib.contextmanager
 def _client_dht(initial_peers):
+    """A short-lived client node for the read-only commands; shut down on leaving."""
     from .dhtschema import validators
     from .identity import load_identity
     from .process import ReapedDHT
@@ -275,9 +278,13 @@ def _client_dht(initial_peers):
         raise UsageError("--initial-peers is required: the multiaddr of any node of the DHT")
     identity = load_identity(tempfile.mkdtemp(prefix="seedswarm-client-") + "/id.key")
     try:
-        return ReapedDHT(initial_peers=initial_peers, client_mode=True, start=True, record_validators=validators(identity))
+        dht = ReapedDHT(initial_peers=initial_peers, client_mode=True, start=True, record_validators=validators(identity))
     except Exception as exc:
         raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers}: {exc}") from None
+    try:
+        yield dht
+    finally:
+        dht.shutdown()
 
 
 def cmd_bootstrap(args) -> int:
@@ -305,56 +312,42 @@ def cmd_bootstrap(args) -> int:
     return 0
 
 
-def _swarm_rows(dht) -> dict[str, dict]:
-    from .dhtschema import DIRECTORY_KEY, decode_entry
+def _valid_entries(dht, key: str) -> list:
+    from .dhtschema import decode_entries
 
-    found = dht.get(DIRECTORY_KEY, latest=True)
+    return [checked for checked in decode_entries(key, dht.get(key, latest=True)) if checked is not None]
+
+
+def _swarm_rows(dht) -> dict[str, dict]:
+    from .dhtschema import DIRECTORY_KEY
+
     swarms: dict[str, dict] = {}
-    if found is not None and isinstance(found.value, dict):
-        for subkey, item in found.value.items():
-            checked = decode_entry(DIRECTORY_KEY, subkey, item.value)
-            if checked is None:
-                continue
-            _, decoded = checked
-            ann, sid = decoded.value, decoded.swarm.hex()
-            row = swarms.setdefault(sid, {"swarm_id": sid, "name": ann.name, "model": ann.model, "task": ann.task,
-                                          "peers": 0, "step": 0})
-            row["peers"] = max(row["peers"], ann.peers)
-            row["step"] = max(row["step"], ann.step)
+    for _, decoded in _valid_entries(dht, DIRECTORY_KEY):
+        ann, sid = decoded.value, decoded.swarm.hex()
+        row = swarms.setdefault(sid, {"swarm_id": sid, "name": ann.name, "model": ann.model, "task": ann.task,
+                                      "peers": 0, "step": 0})
+        row["peers"] = max(row["peers"], ann.peers)
+        row["step"] = max(row["step"], ann.step)
     return swarms
 
 
 def _peer_rows(dht, swarm: bytes) -> list[dict]:
-    from .dhtschema import decode_entry, peers_key
+    from hivemind.p2p import PeerID
 
-    key = peers_key(swarm)
-    found = dht.get(key, latest=True)
-    rows = []
-    if found is not None and isinstance(found.value, dict):
-        for subkey, item in found.value.items():
-            checked = decode_entry(key, subkey, item.value)
-            if checked is None:
-                continue
-            owner, decoded = checked
-            from hivemind.p2p import PeerID
+    from .dhtschema import peers_key
 
-            rows.append({"peer_id": str(PeerID(owner)), **decoded.value.to_obj()})
+    rows = [{"peer_id": str(PeerID(owner)), **decoded.value.to_obj()} for owner, decoded in _valid_entries(dht, peers_key(swarm))]
     return sorted(rows, key=lambda r: r["peer_id"])
 
 
 def cmd_status(args) -> int:
-    dht = _client_dht(args.initial_peers)
     try:
-        if args.swarm:
-            try:
-                swarms = [parse_swarm_id(args.swarm)]
-            except ProtocolError as exc:
-                raise UsageError(f"--swarm: {exc}") from None
-        else:
-            swarms = [bytes.fromhex(s) for s in _swarm_rows(dht)]
+        chosen = [parse_swarm_id(args.swarm)] if args.swarm else None
+    except ProtocolError as exc:
+        raise UsageError(f"--swarm: {exc}") from None
+    with _client_dht(args.initial_peers) as dht:
+        swarms = chosen or [bytes.fromhex(s) for s in _swarm_rows(dht)]
         report = {s.hex(): _peer_rows(dht, s) for s in swarms}
-    finally:
-        dht.shutdown()
     if args.json:
         print(json.dumps(report))
         return 0
@@ -370,11 +363,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_swarms(args) -> int:
-    dht = _client_dht(args.initial_peers)
-    try:
+    with _client_dht(args.initial_peers) as dht:
         rows = list(_swarm_rows(dht).values())
-    finally:
-        dht.shutdown()
     if args.json:
         print(json.dumps(rows))
         return 0

@@ -109,6 +109,7 @@ def run_demo(cfg: DemoConfig, on_update=None) -> dict:
 
     from ..model.data import sentiment_examples, shard, split, write_jsonl
     from ..model.digest import weight_digest
+    from ..model.evaluate import evaluate
     from ..model.loading import load_model
     from ..model.tasks import build_task
     from ..protocol.ledger import decode_ledger
@@ -134,8 +135,8 @@ def run_demo(cfg: DemoConfig, on_update=None) -> dict:
     (out / "spec.json").write_text(spec.to_json())
     task = build_task(spec.task, tokenizer)
     subset = test[: cfg.eval_subset]
-    before_full = _evaluate(model, task, test)
-    before_subset = _evaluate(model, task, subset)
+    before_full = evaluate(model, task, test)
+    before_subset = evaluate(model, task, subset)
 
     threads = max(1, (os.cpu_count() or 2) // cfg.peers)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads),
@@ -174,12 +175,12 @@ def run_demo(cfg: DemoConfig, on_update=None) -> dict:
 
     if any(s is None for s in summaries):
         raise RuntimeError("a peer ended without a summary:\n" + "\n".join(p.output()[-2000:] for p in peers))
-    spec_on_disk, records, _ = decode_ledger((out / "peers" / "peer0" / "ledger.ssl").read_bytes())
+    _, records, _ = decode_ledger((out / "peers" / "peer0" / "ledger.ssl").read_bytes())
     follower.follow(cfg.steps)
     follower.replica.flush()
     digest = weight_digest(model)
-    after = _evaluate(model, task, test)
-    history.append({"step": cfg.steps, "accuracy": _evaluate(model, task, subset)["accuracy"], "loss": after["loss"]})
+    after = evaluate(model, task, test)
+    history.append({"step": cfg.steps, "accuracy": evaluate(model, task, subset)["accuracy"], "loss": after["loss"]})
     save_model_folder(out / "model", model, tokenizer, spec, records, accuracy_before=before_full["accuracy"],
                       accuracy_after=after["accuracy"])
     gradients = sum(r.n for r in records)
@@ -206,12 +207,6 @@ def run_demo(cfg: DemoConfig, on_update=None) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _evaluate(model, task, examples) -> dict:
-    from ..model.evaluate import evaluate
-
-    return evaluate(model, task, examples)
 
 
 def _live_state(peers, history, cfg) -> dict:

@@ -218,6 +218,14 @@ def decode_entry(key: str, subkey, value: bytes) -> tuple[bytes, Decoded] | None
     return owner, decoded
 
 
+def decode_entries(key: str, found) -> list[tuple[bytes, Decoded] | None]:
+    """Every entry of a hivemind get result for ``key`` through ``decode_entry`` (None where
+    invalid); no entries if nothing, or no dictionary, was found."""
+    if found is None or not isinstance(found.value, dict):
+        return []
+    return [decode_entry(key, subkey, item.value) for subkey, item in found.value.items()]
+
+
 class SwarmValidator(RecordValidatorBase):
     """Rejects malformed seedswarm values, values stored under a key they do not name, unsigned
     seedswarm values, and records whose machine id is not their signer's. Runs after hivemind's

@@ -58,7 +58,7 @@ from .checkpoint import (checkpoint_meta, checkpoint_stream, ledger_stream, list
                          push_stream, read_frame, receive_checkpoint, receive_ledger, save_checkpoint, serve_checkpoint,
                          serve_ledger)
 from .config import PeerConfig
-from .dhtschema import (DIRECTORY_KEY, Announcement, Heartbeat, decode_entry, digest_key, encode_announcement,
+from .dhtschema import (DIRECTORY_KEY, Announcement, Heartbeat, decode_entries, digest_key, encode_announcement,
                         encode_digest, encode_heartbeat, encode_record, encode_spec, peers_key, spec_key, step_key,
                         validators)
 from .identity import load_identity
@@ -292,10 +292,8 @@ class AsyncPeer:
         else:
             raise PeerError(f"--resume: no intact checkpoint in {self.workdir}")
         self.replica.reset()
-        ledger = self.ledger.ledger
-        last = max(ledger.last_step + 1, self._read_state().get("step", 0))
-        await self._replay_steps(self.step, last)
-        state = self._read_state()
+        ledger, state = self.ledger.ledger, self._read_state()
+        await self._replay_steps(self.step, max(ledger.last_step + 1, state.get("step", 0)))
         self.next_sample = max(state.get("next_sample", 0), ledger.next_sample(self.machine))
         self._event("resumed", step=self.step, next_sample=self.next_sample)
 
@@ -336,16 +334,12 @@ class AsyncPeer:
             return {k: [] for k in keys}
         out = {}
         for key in keys:
-            found = raw.get(key)
-            entries = []
-            if found is not None and isinstance(found.value, dict):
-                for subkey, item in found.value.items():
-                    checked = decode_entry(key, subkey, item.value)
-                    if checked is None:
-                        self._reject(f"an invalid or unsigned entry under {key}")
-                    else:
-                        entries.append(checked)
-            out[key] = entries
+            out[key] = []
+            for checked in decode_entries(key, raw.get(key)):
+                if checked is None:
+                    self._reject(f"an invalid or unsigned entry under {key}")
+                else:
+                    out[key].append(checked)
         return out
 
     async def _get(self, key: str, latest: bool = True) -> list:
@@ -387,6 +381,9 @@ class AsyncPeer:
                        sent=self.stats.wire_sent or 0, received=self.stats.wire_received or 0,
                        heals=self.stats.heals, late=self.stats.late_records, **self._latest_digest())
         await self._store(peers_key(self.swarm), encode_heartbeat(self.swarm, hb), get_dht_time() + (ttl or self.config.heartbeat_ttl))
+
+    async def _publish_digest(self, step: int, digest: str) -> None:
+        await self._store(digest_key(self.swarm, step), encode_digest(self.swarm, step, digest), get_dht_time() + self.config.record_ttl)
 
     def _latest_digest(self) -> dict:
         if not self.digests:
@@ -486,14 +483,15 @@ class AsyncPeer:
             if self.step >= target:
                 return
             record = dataclasses.replace(record, step=self.step)
+        encoded = record.encode()
         await asyncio.gather(
-            self._push(b"R" + record.encode()),
+            self._push(b"R" + encoded),
             self._store(step_key(self.swarm, record.step), encode_record(self.swarm, record), get_dht_time() + self.config.record_ttl),
         )
         self.stats.records_published += 1
         self.stats.gradients_published += record.n
         self.stats.payload_bytes += len(record.grads)
-        self.stats.record_bytes += len(record.encode())
+        self.stats.record_bytes += len(encoded)
         records = await self._collect(record)
         await self._seal(record.step, records)
 
@@ -601,7 +599,7 @@ class AsyncPeer:
         if self.step % self.spec.digest_every == 0:
             digest = await self._in_thread(self.replica.digest)
             self.digests[self.step] = digest
-            await self._store(digest_key(self.swarm, self.step), encode_digest(self.swarm, self.step, digest), get_dht_time() + self.config.record_ttl)
+            await self._publish_digest(self.step, digest)
             if self.step % self.checkpoint_every == 0:
                 await self._in_thread(save_checkpoint, self.workdir, self.model, self.step, digest, self.swarm)
         self._save_state()
@@ -634,16 +632,22 @@ class AsyncPeer:
                 records = self.ledger.ledger.ordered(s, s + 1) + from_dht.get(s, [])
                 await self._seal(s, records)
 
-    async def _merge_ledger_from(self, owner: bytes, since: int) -> int:
-        """Add a peer's sealed records (step >= since) to our ledger; returns how many were new."""
+    async def _fetch_ledger(self, owner: bytes, since: int) -> list[Record] | None:
+        """A peer's sealed records of steps >= since, or None if it could not be fetched."""
         try:
             _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID(owner), ledger_stream(self.swarm))
             try:
-                records = await asyncio.wait_for(receive_ledger(reader, writer, since), timeout=120)
+                return await asyncio.wait_for(receive_ledger(reader, writer, since), timeout=120)
             finally:
                 writer.close()
         except Exception as exc:
             logger.warning("could not fetch the ledger from %s: %s", PeerID(owner), exc)
+            return None
+
+    async def _merge_ledger_from(self, owner: bytes, since: int) -> int:
+        """Add a peer's sealed records (step >= since) to our ledger; returns how many were new."""
+        records = await self._fetch_ledger(owner, since)
+        if records is None:
             return 0
         if records:  # a fresher frontier than heartbeats give: the owner has sealed at least this much
             sealed = max(r.step for r in records) + 1
@@ -660,8 +664,7 @@ class AsyncPeer:
                 digest = await self._in_thread(self.replica.digest)
                 if self.digests.get(self.step) != digest:
                     self.digests[self.step] = digest
-                    await self._store(digest_key(self.swarm, self.step), encode_digest(self.swarm, self.step, digest),
-                                      get_dht_time() + self.config.record_ttl)
+                    await self._publish_digest(self.step, digest)
                     if self.step % self.checkpoint_every == 0:
                         await self._in_thread(save_checkpoint, self.workdir, self.model, self.step, digest, self.swarm)
 
@@ -750,14 +753,8 @@ class AsyncPeer:
     async def _adopt_ledger(self, owner: bytes) -> bool:
         """Replace our ledger's sealed history with ``owner``'s (records of steps it has not
         sealed yet are kept)."""
-        try:
-            _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID(owner), ledger_stream(self.swarm))
-            try:
-                theirs = await asyncio.wait_for(receive_ledger(reader, writer, 0), timeout=120)
-            finally:
-                writer.close()
-        except Exception as exc:
-            logger.warning("could not fetch the ledger from %s: %s", PeerID(owner), exc)
+        theirs = await self._fetch_ledger(owner, 0)
+        if theirs is None:
             return False
         sealed = max((r.step for r in theirs), default=-1)
         ours = [r for r in self.ledger.ledger.ordered() if r.step > sealed]
@@ -894,8 +891,7 @@ class AsyncPeer:
         """Publish the final digest, wait for the others' (until they are all in or the finish
         timeout passes), and heal if ours lost: everyone leaves with the same weights."""
         self.digests[self.step] = await self._in_thread(self.replica.digest)
-        await self._store(digest_key(self.swarm, self.step), encode_digest(self.swarm, self.step, self.digests[self.step]),
-                          get_dht_time() + self.config.record_ttl)
+        await self._publish_digest(self.step, self.digests[self.step])
         deadline = time.monotonic() + self.config.finish_timeout
         while time.monotonic() < deadline:
             live = await self._live()
@@ -904,8 +900,7 @@ class AsyncPeer:
                 break
             await asyncio.sleep(0.3)
         if await self._heal_if_needed(self.step):
-            await self._store(digest_key(self.swarm, self.step), encode_digest(self.swarm, self.step, self.digests[self.step]),
-                              get_dht_time() + self.config.record_ttl)
+            await self._publish_digest(self.step, self.digests[self.step])
 
     def summary(self) -> dict:
         return {"peer_id": str(self.identity.peer_id), "swarm_id": self.swarm.hex(), "step": self.step,
