@@ -210,9 +210,9 @@ def test_forged_malformed_and_oversized_values_are_rejected(setup, tmp_path):
     mine = RSASignatureValidator(hostile_id.private_key).local_public_key
     victims = [subkey for subkey in dht.get(peers_key(swarm), latest=True).value]
     victim_machine = PeerID.from_base58(sorted(honest)[0]).to_bytes()
-    attempts = 0
+    attempts, last_attack_step = 0, steps
 
-    async def attack() -> int:
+    async def attack() -> tuple[int, int]:
         count = 0
         p2p = await dht.replicate_p2p()
         deadline = time.monotonic() + 20
@@ -241,16 +241,16 @@ def test_forged_malformed_and_oversized_values_are_rejected(setup, tmp_path):
                     except Exception:
                         pass
             await asyncio.sleep(0.3)
-        return count
+        return count, a.step()
 
     try:
-        attempts = asyncio.run(attack())
+        attempts, last_attack_step = asyncio.run(attack())
         summaries = finish([a, b])
     finally:
         dht.shutdown()
         a.stop()
         b.stop()
-    assert attempts >= 10
+    assert attempts >= 10 and last_attack_step < steps  # every round of attacks hit a swarm still training
     assert summaries[0]["digest"] == summaries[1]["digest"]
     honest_machines = {PeerID.from_base58(p).to_bytes() for p in honest}
     for name in ("a", "b"):
