@@ -152,6 +152,7 @@ class AsyncPeer:
         self._sealed_by: dict[bytes, int] = {}  # steps each peer has sealed, from its pushed records and notes
         self._target = config.steps
         self._wire_at_seal: tuple[int, int] | None = None
+        self._drift_at = config.fault_corrupt_at
         self._arrived = asyncio.Event()
         self._digests_checked: set[int] = set()
         self._tasks: list[asyncio.Task] = []
@@ -590,11 +591,7 @@ class AsyncPeer:
         self.stats.records_applied += len(sealed)
         self._inbox.pop(s, None)
         self.step = s + 1
-        if self.config.fault_corrupt_at == self.step:  # chaos testing: this replica silently drifts
-            with torch.no_grad():
-                self.replica.flush()
-                self.replica.zo.tensors[0].param.data.view(-1)[0] += 1e-3
-            self.config.fault_corrupt_at = None
+        self._maybe_drift()
         digest = None
         if self.step % self.spec.digest_every == 0:
             digest = await self._in_thread(self.replica.digest)
@@ -616,16 +613,29 @@ class AsyncPeer:
         self._event("step", step=s, loss=self.loss, records=len(sealed), peers=1 + len(await self._live(max_age=self.config.heartbeat_interval)),
                     digest=digest, wire_sent_step=sent_step, wire_received_step=received_step, **self._byte_stats())
 
+    def _maybe_drift(self) -> None:
+        """Chaos testing (--fault-corrupt-at N): this replica computes step N wrong, live or in a
+        replay, until the swarm's digests make it heal, so its own rebuilds cannot hide the drift."""
+        if self._drift_at == self.step:
+            with torch.no_grad():
+                self.replica.flush()
+                self.replica.zo.tensors[0].param.data.view(-1)[0] += 1e-3
+
     async def _catch_up(self, target: int) -> None:
         """Seal the steps the swarm has sealed and we have not, from its records."""
         self.status = "syncing"
+        chase = None  # a peer whose last ledger showed the swarm well ahead: it moved on while we fetched
         while True:
             frontier, who = await self._frontier()
+            who = who or chase
+            if who is not None and (chase is not None or min(frontier, target) - self.step > 2):
+                start = self.step
+                await self._merge_ledger_from(who, since=start)
+                frontier = max(frontier, (await self._frontier())[0])
+                chase = who if min(frontier, target) - start > 2 else None
             frontier = min(frontier, target)
             if self.step >= frontier:
                 return
-            if who is not None and frontier - self.step > 2:
-                await self._merge_ledger_from(who, since=self.step)
             recent = [s for s in range(self.step, frontier) if frontier - s <= self.config.rescan_window]
             from_dht = await self._step_records(recent) if recent else {}
             for s in range(self.step, frontier):
@@ -660,6 +670,7 @@ class AsyncPeer:
         for s in range(start, stop):
             self.replica.apply(self.ledger.ledger.ordered(s, s + 1))
             self.step = s + 1
+            self._maybe_drift()
             if self.step % self.spec.digest_every == 0:
                 digest = await self._in_thread(self.replica.digest)
                 if self.digests.get(self.step) != digest:
@@ -737,6 +748,7 @@ class AsyncPeer:
     async def _heal(self, check: int, winner: str, supporters: list[bytes]) -> str:
         """Adopt a winning peer's ledger and rebuild from our latest checkpoint the swarm vouches
         for; if that does not reproduce the winning digest, download a verified checkpoint."""
+        self._drift_at = None  # chaos testing: the swarm has told this replica it drifted
         for owner in supporters:
             if await self._adopt_ledger(owner):
                 break
