@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -21,10 +22,15 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.numpy()).cast("B")
 
 
-def weight_digest(model: nn.Module) -> str:
+def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """The digest of named tensors (a model's parameters, or a checkpoint file's tensors)."""
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
+    for name, p in sorted(named, key=lambda item: item[0]):
         h.update(name.encode() + b"\0" + str(p.dtype).removeprefix("torch.").encode() + b"\0")
         h.update(struct.pack(f"<I{p.dim()}Q", p.dim(), *p.shape))
         h.update(tensor_bytes(p))
     return h.hexdigest()
+
+
+def weight_digest(model: nn.Module) -> str:
+    return tensors_digest(model.named_parameters())

@@ -1,14 +1,15 @@
 """A model replica that follows a swarm spec: local SPSA steps in, records out, and back.
 
-The update of record r, sample i (protocol SPEC.md, "Update rule")::
+A sealed step's records become update terms through the spec's step rule
+(``protocol.aggregation.step_terms``: robust clipping, then for record r, sample i)::
 
     lr    = spec.lr(r.step)                      (IEEE double)
-    coef  = float32(-(lr * g_hat_i))             (g_hat_i decoded from the byte)
+    coef  = float32(-(lr * g'_i))                (g'_i: the decoded byte after the step rule)
     decay = float32(1 - lr * spec.weight_decay)  (1 for tensors matching spec.no_decay)
     theta <- theta * decay + coef * z(seed_i)    (per element, see perturb.py)
 
-Every replica applies the same records in the ledger's canonical order, so replicas,
-live or rebuilt from a ledger, hold bit-identical weights.
+Every replica applies the same steps in order and each step's records in canonical order,
+so replicas, live or rebuilt from a ledger, hold bit-identical weights.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import torch
 from torch import nn
 
 from ..protocol import codec
+from ..protocol.aggregation import UpdateTerm, step_terms
 from ..protocol.hashing import derive_seed
+from ..protocol.identity import Signer
+from ..protocol.ledger import Ledger
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
 from .digest import weight_digest
@@ -65,12 +69,16 @@ class Replica:
         return derive_seed(self.swarm_id, machine, sample)
 
     # --- local training -----------------------------------------------------------------------
-    def local_step(self, step: int, machine: bytes, first_sample: int, batches: Sequence[Any]) -> LocalStep:
-        """One SPSA estimate per batch (sample counters first_sample, +1, ...), quantised into a record."""
+    def local_step(self, step: int, signer: Signer, batches: Sequence[Any], ticket: bytes = b"") -> LocalStep:
+        """One SPSA estimate per batch (the step's samples 0..n-1, n = spec.samples_per_step),
+        quantised into a record signed by ``signer``."""
         if self.loss_fn is None:
             raise RuntimeError("this replica has no loss function; it can only apply records")
+        if len(batches) != self.spec.samples_per_step:
+            raise ValueError(f"a step takes spec.samples_per_step = {self.spec.samples_per_step} batches")
         started = time.perf_counter()
-        seeds = [self.seed(machine, first_sample + i) for i in range(len(batches))]
+        first = step * self.spec.samples_per_step
+        seeds = [self.seed(signer.machine, first + i) for i in range(len(batches))]
         grads, losses = [], []
         for seed, batch in zip(seeds, batches):
             paired = self.paired_fn(self.model, batch) if self.paired_fn is not None else None
@@ -80,25 +88,20 @@ class Replica:
             grads.append(g)
             losses.append((plus + minus) / 2)
         codes, scale_exp = codec.encode(grads, seeds, self.spec.codec.clip)
-        record = Record(step=step, machine=machine, first_sample=first_sample, scale_exp=scale_exp, grads=codes)
+        record = Record.create(signer, self.swarm_id, step, scale_exp, codes, ticket)
         return LocalStep(record, grads, losses, time.perf_counter() - started)
 
     # --- applying records ---------------------------------------------------------------------
-    def update_terms(self, record: Record) -> list[tuple[int, float, float]]:
-        """(seed, coef, decay) of every sample of ``record``, per the update rule above."""
-        lr = self.spec.lr(record.step)
-        decay = float(np.float32(1.0 - lr * self.spec.weight_decay))
-        return [
-            (self.seed(record.machine, sample), float(np.float32(-(lr * g))), decay)
-            for sample, g in zip(record.samples, record.values(self.spec.codec.clip))
-        ]
+    def apply_step(self, records: Sequence[Record]) -> None:
+        """Queue the updates of one sealed step: its applicable records (protocol.ledger), any
+        order (the step rule sorts them)."""
+        if records:
+            self.apply_terms(step_terms(self.spec, records))
+            self.applied += len(records)
 
-    def apply(self, records: Iterable[Record]) -> None:
-        """Queue the updates of ``records`` (already in canonical order)."""
-        for record in records:
-            for seed, coef, decay in self.update_terms(record):
-                self.zo.queue_update(seed, coef, decay)
-            self.applied += 1
+    def apply_terms(self, terms: Iterable[UpdateTerm]) -> None:
+        for term in terms:
+            self.zo.queue_update(term.seed, term.coef, term.decay)
             if self.zo.pending >= AUTO_FLUSH:
                 self.zo.flush()
 
@@ -115,8 +118,11 @@ class Replica:
 
 
 def replay(model: nn.Module, spec: SwarmSpec, records: Iterable[Record]) -> nn.Module:
-    """Base weights + records (canonical order) -> the swarm's weights, in place."""
+    """Base weights + a ledger's records (any order, duplicates and equivocations included:
+    the ledger's set semantics decide what applies) -> the swarm's weights, in place."""
+    ledger = records if isinstance(records, Ledger) else Ledger(records)
     replica = Replica(model, spec)
-    replica.apply(sorted(records, key=lambda r: r.order_key))
+    for step in ledger.steps():
+        replica.apply_step(ledger.applicable(step))
     replica.flush()
     return model

@@ -17,7 +17,8 @@ from ..model.digest import weight_digest
 from ..model.loading import load_model
 from ..model.replica import replay
 from ..model.tasks import build_task, task_model_class
-from ..protocol.ledger import decode_ledger, encode_ledger
+from ..protocol.admission import check_records
+from ..protocol.ledger import Ledger, LedgerCorrupt, decode_ledger, encode_ledger
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
 
@@ -46,19 +47,28 @@ def load_base(spec: SwarmSpec, model: str | None = None, device: str = "cpu", ch
     return net, tokenizer, build_task(spec.task, tokenizer)
 
 
-def read_ledger(path: str | os.PathLike) -> tuple[SwarmSpec, list[Record]]:
+def read_ledger(path: str | os.PathLike, verify: bool = True) -> tuple[SwarmSpec, list[Record]]:
+    """A ledger file's spec and records, every record checked (signature, sample count,
+    ticket) unless ``verify`` is off. Damage in the middle of the file raises LedgerCorrupt
+    naming the file and the offsets; a torn tail is ignored."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ledger file {str(path)!r} does not exist")
-    spec, records, _torn = decode_ledger(path.read_bytes())
+    try:
+        spec, records, _torn = decode_ledger(path.read_bytes())
+    except LedgerCorrupt as exc:
+        raise LedgerCorrupt(str(path), exc.damage, exc.recovered) from None
+    if verify:
+        check_records(spec, records)
     return spec, records
 
 
 def replay_ledger(ledger: str | os.PathLike, base: str | None = None, device: str = "cpu"):
-    """Base weights + ledger -> (model, tokenizer, spec, records)."""
+    """Base weights + a verified ledger -> (model, tokenizer, spec, records). Duplicates and
+    equivocations are resolved by the ledger's set semantics (SPEC section 8)."""
     spec, records = read_ledger(ledger)
     net, tokenizer, _task = load_base(spec, base, device)
-    replay(net, spec, records)
+    replay(net, spec, Ledger(records))
     return net, tokenizer, spec, records
 
 
@@ -74,7 +84,7 @@ def save_model_folder(
         tokenizer.save_pretrained(out)
     info = {"swarm_id": spec.swarm_id_hex, "digest": digest, "spec": spec.to_dict(), **meta}
     if records is not None:
-        (out / LEDGER_NAME).write_bytes(encode_ledger(spec, sorted(records, key=lambda r: r.order_key)))
+        (out / LEDGER_NAME).write_bytes(encode_ledger(spec, Ledger(records).ordered()))
         info["records"] = len(records)
         info["steps"] = max((r.step for r in records), default=-1) + 1
     (out / META_NAME).write_text(json.dumps(info, indent=2, sort_keys=True))

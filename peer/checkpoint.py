@@ -1,17 +1,16 @@
 """Checkpoints on disk and over libp2p streams.
 
-A checkpoint is ``ckpt-<step>.safetensors`` (every parameter, as ``named_parameters()``
-names them) plus ``ckpt-<step>.json`` ({step, digest, swarm_id}); both are written to a
-temporary name and renamed, so a crash never leaves a half checkpoint under a real name.
-``step`` is the number of steps sealed, i.e. the weights after steps 0..step-1.
+A checkpoint is ``ckpt-<step>.safetensors`` (every parameter, as ``named_parameters()`` names
+them; metadata: step, digest, swarm id) plus ``ckpt-<step>.json``; both are written to a
+temporary name, fsynced and renamed, so a crash or a full disk never leaves a half file under
+a real name, and a failed write removes its temporary file. ``step`` is the number of steps
+sealed. Reading never trusts a file: ``load_checkpoint`` checks names, shapes and dtypes, and
+the caller checks the weight digest, falling back to an older checkpoint.
 
-Streams (hivemind P2P binary streams, frames as hivemind's ``send_raw_data``):
-
-- ``seedswarm.checkpoint/1/<swarm>``: the server sends a msgpack header {step, digest, size}
-  then the safetensors file in 64 KiB frames, then an empty frame. The client checks the
-  size and then the weight digest before it uses anything.
-- ``seedswarm.ledger/1/<swarm>``: the client sends msgpack {since}; the server sends the
-  encoded records with step >= since, one per frame, then an empty frame.
+Stream ``seedswarm/2/checkpoint/<swarm hex>``: the client sends msgpack ``{"step": k}``; the
+server answers a header ``{"step", "digest", "size"}`` (or ``{"error"}``), then the file in
+frames of at most 64 KiB, then an empty frame. The client writes to a temporary file, checks
+the size, and the caller checks the digest before anything is used.
 """
 
 from __future__ import annotations
@@ -22,14 +21,17 @@ import os
 import re
 from pathlib import Path
 
-import msgpack
 import torch
 from hivemind.p2p import P2P
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..model.digest import tensors_digest
+from ..protocol.canonical import pack, unpack_canonical
 from ..protocol.errors import ProtocolError
-from ..protocol.records import MAX_RECORD_BYTES, decode_record
+from ..protocol.ledger import DiskWriteError, write_atomically
+from .transport import read_frame
 
 _NAME = re.compile(r"ckpt-(\d{8})\.safetensors$")
 CHUNK = 1 << 16
@@ -37,43 +39,46 @@ MAX_CHECKPOINT_BYTES = 64 << 30
 KEEP = 3
 
 
-def checkpoint_stream(swarm: bytes) -> str:
-    return f"seedswarm.checkpoint/1/{swarm.hex()}"
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used (missing, truncated, corrupt, wrong model)."""
 
 
-def ledger_stream(swarm: bytes) -> str:
-    return f"seedswarm.ledger/1/{swarm.hex()}"
+def checkpoint_protocol(swarm: bytes) -> str:
+    return f"seedswarm/2/checkpoint/{swarm.hex()}"
 
 
-def push_stream(swarm: bytes) -> str:
-    """A peer pushes its record for a step to each live peer: one frame, the encoded record."""
-    return f"seedswarm.push/1/{swarm.hex()}"
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"ckpt-{step:08d}.safetensors"
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters()}
-
-
-def save_checkpoint(folder: str | os.PathLike, model: nn.Module, step: int, digest: str, swarm_id: bytes) -> Path:
+def save_checkpoint(folder: str | os.PathLike, model: nn.Module, step: int, digest: str, swarm_id: bytes,
+                    keep: int = KEEP) -> Path:
+    """Write a checkpoint atomically; older ones beyond ``keep`` go (step 0, the base, stays).
+    Raises DiskWriteError (nothing half-written left behind) when the disk refuses."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"ckpt-{step:08d}.safetensors"
-    tmp = path.with_suffix(".tmp")
-    save_file(_tensors(model), str(tmp), metadata={"step": str(step), "digest": digest, "swarm_id": swarm_id.hex()})
-    os.replace(tmp, path)
-    meta = path.with_suffix(".json")
-    tmp = meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"step": step, "digest": digest, "swarm_id": swarm_id.hex()}))
-    os.replace(tmp, meta)
-    for step, old in list_checkpoints(folder)[:-KEEP]:
-        if step:  # the base weights (step 0) stay: every rebuild can start from them
+    path = checkpoint_path(folder, step)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters()}
+    try:
+        save_file(tensors, str(tmp), metadata={"step": str(step), "digest": digest, "swarm_id": swarm_id.hex()})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DiskWriteError(getattr(exc, "errno", None) or 28, f"cannot write checkpoint {path}: {exc}") from None
+    write_atomically(path.with_suffix(".json"),
+                     json.dumps({"step": step, "digest": digest, "swarm_id": swarm_id.hex()}).encode())
+    for old_step, old in list_checkpoints(folder)[:-keep]:
+        if old_step:
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
     return path
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of complete checkpoints, oldest first."""
+    """(step, path) of checkpoints with both files present, oldest first (not yet verified)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -86,76 +91,90 @@ def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def checkpoint_meta(path: Path) -> dict:
-    return json.loads(path.with_suffix(".json").read_text())
+    """The checkpoint's {step, digest, swarm_id}; CheckpointError if unreadable or malformed."""
+    try:
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path.with_suffix('.json')}: unreadable ({exc})") from None
+    if not (isinstance(meta, dict) and type(meta.get("step")) is int and isinstance(meta.get("digest"), str)
+            and len(meta["digest"]) == 64 and isinstance(meta.get("swarm_id"), str)):
+        raise CheckpointError(f"{path.with_suffix('.json')}: not a checkpoint description")
+    return meta
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module) -> None:
-    """Copy a checkpoint's tensors into ``model`` (names and shapes must match exactly)."""
-    tensors = load_file(str(path))
+def read_checkpoint(path: str | os.PathLike, model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """A checkpoint's tensors, checked against ``model``'s parameters (names, shapes, dtypes),
+    and their weight digest; the model is not touched. CheckpointError for a truncated,
+    corrupt or foreign file."""
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({exc})") from None
     params = dict(model.named_parameters())
     if set(tensors) != set(params):
-        raise ProtocolError(f"checkpoint {path} does not have this model's parameters")
+        raise CheckpointError(f"{path} does not hold this model's parameters")
+    for name, p in params.items():
+        if tensors[name].shape != p.shape or tensors[name].dtype != p.dtype:
+            raise CheckpointError(f"{path}: tensor {name} has the wrong shape or dtype")
+    return tensors, tensors_digest(tensors.items())
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, digest: str | None = None) -> str:
+    """Copy a checkpoint's tensors into ``model`` if they hash to ``digest`` (when given);
+    returns their digest. CheckpointError otherwise, with the model unchanged."""
+    tensors, found = read_checkpoint(path, model)
+    if digest is not None and found != digest:
+        raise CheckpointError(f"{path}: its weights do not hash to the expected digest")
     with torch.no_grad():
-        for name, p in params.items():
-            if tensors[name].shape != p.shape or tensors[name].dtype != p.dtype:
-                raise ProtocolError(f"checkpoint tensor {name} has the wrong shape or dtype")
+        for name, p in model.named_parameters():
             p.copy_(tensors[name])
+    return found
 
 
 # --- streams ------------------------------------------------------------------------------------
-async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """One length-prefixed frame (hivemind's framing), refusing frames over ``limit`` bytes
-    before reading them, so a hostile peer cannot make us allocate what it announces."""
-    header = await reader.readexactly(P2P.HEADER_LEN)
-    length = int.from_bytes(header, P2P.BYTEORDER)
-    if length > limit:
-        raise ProtocolError(f"stream frame of {length} bytes exceeds {limit}")
-    return await reader.readexactly(length)
-
-
-async def serve_checkpoint(path: Path, meta: dict, writer: asyncio.StreamWriter) -> None:
-    size = path.stat().st_size
-    await P2P.send_raw_data(msgpack.packb({"step": meta["step"], "digest": meta["digest"], "size": size}), writer)
+async def serve_checkpoint(folder: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    request = unpack_canonical(await read_frame(reader, 64), 64, "checkpoint request")
+    step = request.get("step") if type(request) is dict else None
+    if type(step) is not int or step < 0:
+        raise ProtocolError("bad checkpoint request")
+    path = checkpoint_path(folder, step)
+    try:
+        meta = checkpoint_meta(path)
+        size = path.stat().st_size
+    except (CheckpointError, OSError):
+        await P2P.send_raw_data(pack({"error": f"no checkpoint of step {step}"}), writer)
+        return
+    await P2P.send_raw_data(pack({"step": meta["step"], "digest": meta["digest"], "size": size}), writer)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             await P2P.send_raw_data(chunk, writer)
     await P2P.send_raw_data(b"", writer)
 
 
-async def receive_checkpoint(reader: asyncio.StreamReader, dest: Path) -> dict:
-    """Write a streamed checkpoint to ``dest``; returns its header. Raises ProtocolError on a bad stream."""
-    header = msgpack.unpackb(await read_frame(reader, 4096), raw=False)
-    if not (isinstance(header, dict) and type(header.get("step")) is int and isinstance(header.get("digest"), str)
-            and type(header.get("size")) is int and 0 < header["size"] <= MAX_CHECKPOINT_BYTES):
+async def receive_checkpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, step: int, dest: Path) -> dict:
+    """Ask for the checkpoint of ``step``, write it to ``dest``; returns its header. ProtocolError
+    for a refused or malformed transfer (the partial file is removed)."""
+    await P2P.send_raw_data(pack({"step": step}), writer)
+    header = unpack_canonical(await read_frame(reader, 4096), 4096, "checkpoint header")
+    if type(header) is dict and set(header) == {"error"}:
+        raise ProtocolError(f"the peer has no checkpoint of step {step}")
+    if not (type(header) is dict and set(header) == {"step", "digest", "size"} and header["step"] == step
+            and isinstance(header["digest"], str) and type(header["size"]) is int
+            and 0 < header["size"] <= MAX_CHECKPOINT_BYTES):
         raise ProtocolError("bad checkpoint header")
+    tmp = dest.with_name(dest.name + ".part")
     received = 0
-    tmp = dest.with_suffix(".part")
-    with open(tmp, "wb") as f:
-        while chunk := await read_frame(reader, CHUNK):
-            received += len(chunk)
-            if received > header["size"]:
-                raise ProtocolError("checkpoint stream longer than announced")
-            f.write(chunk)
-    if received != header["size"]:
-        raise ProtocolError("checkpoint stream shorter than announced")
-    os.replace(tmp, dest)
+    try:
+        with open(tmp, "wb") as f:
+            while chunk := await read_frame(reader, CHUNK):
+                received += len(chunk)
+                if received > header["size"]:
+                    raise ProtocolError("checkpoint stream longer than announced")
+                f.write(chunk)
+        if received != header["size"]:
+            raise ProtocolError("checkpoint stream shorter than announced")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return header
-
-
-async def serve_ledger(records_since, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    request = msgpack.unpackb(await read_frame(reader, 256), raw=False)
-    since = request.get("since", 0) if isinstance(request, dict) else 0
-    since = since if type(since) is int and since >= 0 else 0
-    for record in records_since(since):
-        await P2P.send_raw_data(record.encode(), writer)
-    await P2P.send_raw_data(b"", writer)
-
-
-async def receive_ledger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, since: int, limit: int = 10_000_000):
-    await P2P.send_raw_data(msgpack.packb({"since": since}), writer)
-    records = []
-    while frame := await read_frame(reader, MAX_RECORD_BYTES):
-        if len(records) >= limit:
-            raise ProtocolError("ledger stream has too many records")
-        records.append(decode_record(frame))
-    return records

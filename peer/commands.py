@@ -33,7 +33,8 @@ def _network_flags(p: argparse.ArgumentParser, host: bool = True) -> None:
                        help="where to listen (default: loopback, a free port; use /ip4/0.0.0.0/tcp/PORT to be reachable)")
         p.add_argument("--announce-maddrs", nargs="*", default=[], metavar="MADDR",
                        help="addresses others should dial, if different from --host-maddrs (NAT, containers)")
-        p.add_argument("--identity-path", default=None, help="libp2p private key file (created if missing): a stable peer id")
+        p.add_argument("--identity-path", default=None,
+                   help="Ed25519 libp2p private key file (created if missing): a stable peer id")
 
 
 def add_commands(sub) -> None:
@@ -58,7 +59,9 @@ def add_commands(sub) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="order in which this peer walks its own data")
     p.add_argument("--lr", type=float, default=None, help="with no --swarm-spec: the learning rate of a new default swarm")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing
+    p.add_argument("--ticket", default=None, metavar="HEX",
+                   help="members-only swarms: the ticket the swarm's authority issued for this peer id")
+    p.add_argument("--max-links", type=int, default=8, help="neighbours to keep links with (default 8)")
     p.set_defaults(func=cmd_peer)
 
     from .demo import DEFAULT_PEERS, DEFAULT_STEPS
@@ -110,7 +113,7 @@ def _spec_from_flags(args) -> SwarmSpec | None:
 
 def cmd_peer(args) -> int:
     from .config import PeerConfig
-    from .node import AsyncPeer, PeerError
+    from .node import Node, PeerError
 
     try:
         swarm_id = parse_swarm_id(args.swarm) if args.swarm else None
@@ -118,18 +121,17 @@ def cmd_peer(args) -> int:
         raise UsageError(f"--swarm: {exc}") from None
     config = PeerConfig(
         spec=_spec_from_flags(args), swarm_id=swarm_id, initial_peers=args.initial_peers, host_maddrs=args.host_maddrs,
-        announce_maddrs=args.announce_maddrs, identity_path=args.identity_path, steps=args.steps,
+        announce_maddrs=args.announce_maddrs, identity_path=args.identity_path, ticket=args.ticket, steps=args.steps,
         min_peers=args.min_peers, model=args.model, device=args.device,
         data=args.data, data_seed=args.data_seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, join_by=args.join_by, json_log=args.json_log, name=args.name,
-        fault_corrupt_at=args.fault_corrupt_at,
+        resume=args.resume, join_by=args.join_by, json_log=args.json_log, name=args.name, max_links=args.max_links,
     )
     try:
         config.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress = Progress(quiet=args.quiet)
-    peer = AsyncPeer(config, on_step=progress)
+    peer = Node(config, on_event=progress)
 
     async def main() -> dict:
         try:
@@ -183,7 +185,6 @@ class Progress:
             now = time.monotonic()
             line = (f"step {event['step']:>5}  loss {event['loss'] if event['loss'] is None else round(event['loss'], 4)}  "
                     f"peers {event['peers']}  records {event['records']}  "
-                    f"{_fmt(event.get('payload_bytes_per_gradient'))} B/grad payload  "
                     f"wire {_kb(event.get('wire_sent'))} sent  {now - self._last:.2f}s/step")
             self._last = now
             if self.tty:
@@ -195,7 +196,8 @@ class Progress:
                 self._status.update(line)
             else:
                 print(line, flush=True)
-        elif kind in ("joining", "joined", "late", "heal", "healed", "resumed"):
+        elif kind in ("joining", "joined", "late", "heal", "healed", "split", "banned", "ledger_damaged",
+                      "proof_of_work", "join_checkpoint", "join_replay", "checkpoint_installed"):
             print(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"), flush=True)
 
     def close(self) -> None:
@@ -270,15 +272,14 @@ def _demo_line(state: dict):
 @contextlib.contextmanager
 def _client_dht(initial_peers):
     """A short-lived client node for the read-only commands; shut down on leaving."""
-    from .dhtschema import validators
+    from .dht import SwarmDHT
     from .identity import load_identity
-    from .process import ReapedDHT
 
     if not initial_peers:
         raise UsageError("--initial-peers is required: the multiaddr of any node of the DHT")
     identity = load_identity(tempfile.mkdtemp(prefix="seedswarm-client-") + "/id.key")
     try:
-        dht = ReapedDHT(initial_peers=initial_peers, client_mode=True, start=True, record_validators=validators(identity))
+        dht = SwarmDHT.start(identity.signer, str(identity.path), initial_peers=initial_peers, client_mode=True)
     except Exception as exc:
         raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers}: {exc}") from None
     try:
@@ -288,20 +289,17 @@ def _client_dht(initial_peers):
 
 
 def cmd_bootstrap(args) -> int:
-    from .dhtschema import validators
+    from .dht import SwarmDHT
     from .identity import load_identity
-    from .process import ReapedDHT
 
     identity = load_identity(args.identity_path or tempfile.mkdtemp(prefix="seedswarm-boot-") + "/id.key")
     try:
-        dht = ReapedDHT(initial_peers=args.initial_peers, host_maddrs=args.host_maddrs,
-                        announce_maddrs=args.announce_maddrs or None, identity_path=str(identity.path),
-                        record_validators=validators(identity), start=True)
+        dht = SwarmDHT.start(identity.signer, str(identity.path), initial_peers=args.initial_peers,
+                             host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs)
     except Exception as exc:
         raise UsageError(f"could not start the DHT node (check --host-maddrs / --identity-path): {exc}") from None
-    maddrs = [str(m) for m in dht.get_visible_maddrs()]
     print("seedswarm bootstrap node", identity.peer_id, flush=True)
-    print("--initial-peers " + " ".join(maddrs), flush=True)
+    print("--initial-peers " + " ".join(dht.maddrs()), flush=True)
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))
@@ -312,31 +310,19 @@ def cmd_bootstrap(args) -> int:
     return 0
 
 
-def _valid_entries(dht, key: str) -> list:
-    from .dhtschema import decode_entries
-
-    return [checked for checked in decode_entries(key, dht.get(key, latest=True)) if checked is not None]
-
-
 def _swarm_rows(dht) -> dict[str, dict]:
-    from .dhtschema import DIRECTORY_KEY
-
-    swarms: dict[str, dict] = {}
-    for _, decoded in _valid_entries(dht, DIRECTORY_KEY):
-        ann, sid = decoded.value, decoded.swarm.hex()
-        row = swarms.setdefault(sid, {"swarm_id": sid, "name": ann.name, "model": ann.model, "task": ann.task,
-                                      "peers": 0, "step": 0})
-        row["peers"] = max(row["peers"], ann.peers)
-        row["step"] = max(row["step"], ann.step)
-    return swarms
+    rows = {}
+    for swarm, ann in asyncio.run(dht.directory()).items():
+        rows[swarm.hex()] = {"swarm_id": swarm.hex(), "name": ann.name, "model": ann.model, "task": ann.task,
+                             "peers": ann.peers, "step": ann.step}
+    return rows
 
 
 def _peer_rows(dht, swarm: bytes) -> list[dict]:
     from hivemind.p2p import PeerID
 
-    from .dhtschema import peers_key
-
-    rows = [{"peer_id": str(PeerID(owner)), **decoded.value.to_obj()} for owner, decoded in _valid_entries(dht, peers_key(swarm))]
+    members = asyncio.run(dht.members(swarm))
+    rows = [{"peer_id": str(PeerID(owner)), **info.to_obj()} for owner, info in members.items()]
     return sorted(rows, key=lambda r: r["peer_id"])
 
 
@@ -354,11 +340,11 @@ def cmd_status(args) -> int:
     if not report:
         print("no swarm announced in this DHT")
     for sid, rows in report.items():
-        print(f"swarm {sid}: {len(rows)} live peer(s)")
+        print(f"swarm {sid}: {len(rows)} peer(s) registered")
         for r in rows:
             loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
-            print(f"  {r['peer_id'][:16]}..  {r['name'] or '-':12s} {r['status']:8s} step {r['step']:>6}  loss {loss:>8}  "
-                  f"digest@{r['digest_step']} {r['digest'][:12] or '-':12s}  sent {_kb(r['sent'])}  heals {r['heals']}")
+            print(f"  {r['peer_id'][:16]}..  {r['name'] or '-':12s} {r['status']:9s} step {r['step']:>6}  loss {loss:>8}  "
+                  f"sent {_kb(r['sent'])}  heals {r['heals']}  rejected {r['rejected']}  links {r['peers']}")
     return 0
 
 

@@ -63,31 +63,28 @@ class Follower:
         self.spec, self.model, self.task, self.ledger_path = spec, model, task, ledger_path
         self._base = {k: v.clone() for k, v in model.state_dict().items()}
         self.replica = Replica(model, spec)
-        self.applied: set = set()
-        self.through = 0  # records of steps < through are applied
+        self.applied: dict[int, frozenset] = {}  # step -> rids applied
 
-    def records(self) -> list:
-        from ..protocol.ledger import decode_ledger
+    def ledger(self):
+        from ..protocol.ledger import Ledger, scan_ledger
 
-        if not self.ledger_path.exists():
-            return []
         try:
-            return decode_ledger(self.ledger_path.read_bytes())[1]
-        except Exception:
-            return []  # the file is being created
+            return Ledger(scan_ledger(self.ledger_path.read_bytes()).records)
+        except (OSError, ValueError):
+            return Ledger()  # the file is being created
 
     def follow(self, sealed: int) -> None:
-        """Bring the replica to the ledger's records of steps < ``sealed``."""
-        records = [r for r in self.records() if r.step < sealed]
-        new = [r for r in records if (r.machine, r.first_sample) not in self.applied]
-        if any(r.step < self.through for r in new):  # a late record: replay from the base
+        """Bring the replica to the ledger's steps < ``sealed`` (replaying from the base weights
+        if a step already applied has changed: a late record or a heal)."""
+        ledger = self.ledger()
+        steps = {s: frozenset(r.rid for r in ledger.applicable(s)) for s in range(sealed)}
+        if any(steps.get(s) != rids for s, rids in self.applied.items()):
             self.model.load_state_dict(self._base)
             self.replica.reset()
             self.applied.clear()
-            new = records
-        self.replica.apply(sorted(new, key=lambda r: r.order_key))
-        self.applied.update((r.machine, r.first_sample) for r in new)
-        self.through = max(self.through, sealed)
+        for s in range(len(self.applied), sealed):
+            self.replica.apply_step(ledger.applicable(s))
+            self.applied[s] = steps[s]
 
     def evaluate(self, examples) -> dict:
         from ..model.evaluate import evaluate

@@ -1,28 +1,34 @@
-"""The ledger: the set of records of a swarm, its canonical order and its file format.
+"""The ledger: the set of records of a swarm, its canonical order, equivocation, and its file.
 
-Canonical order: records are applied sorted by ``(step, machine id bytes,
-first_sample)``. Every replica that holds the same records applies them in this
-order, so base weights + ledger determine the weights exactly, whatever order
-the records arrived in.
+Set semantics (SPEC section 8), so that replicas holding the same records hold the same
+weights whatever order the records arrived in:
+
+- a record is identified by its body (``Record.rid``): an exact duplicate is ignored;
+- a machine publishes at most one record per step. Two different bodies for the same
+  (step, machine) are an *equivocation*: both are kept as evidence, and from that step on
+  none of that machine's records is applied (``applicable``), on every replica that holds
+  the evidence;
+- the applicable records of a step are applied in canonical order, by machine id bytes.
 
 File format (append-only, crash-safe)::
 
-    b"SSLEDGER" || u8 format version (1)
+    b"SSLEDGER" || u8 format version (2)
     entry*      where entry = u32le length || u32le crc32(payload) || payload
 
-The first entry's payload is the canonical swarm spec (spec.py); every further
-entry is an encoded record (records.py). A torn or corrupt tail (a crash in the
-middle of an append) is detected by its length or CRC and cut off on open; the
-entries before it are intact.
+The first entry's payload is the canonical swarm spec; every further entry is an encoded
+record. ``read_ledger_file`` tells a torn tail (a crash in the middle of an append: cut off
+silently) from damage in the middle (a bad entry followed by good ones: reported with its
+offset, and the good entries after it recovered).
 """
 
 from __future__ import annotations
 
-import bisect
+import errno
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ProtocolError
@@ -30,181 +36,303 @@ from .records import MAX_RECORD_BYTES, Record, decode_record
 from .spec import MAX_SPEC_BYTES, SwarmSpec
 
 MAGIC = b"SSLEDGER"
-FORMAT_VERSION = 1
-_HEADER = MAGIC + bytes([FORMAT_VERSION])
+FORMAT_VERSION = 2
+HEADER = MAGIC + bytes([FORMAT_VERSION])
 _ENTRY = struct.Struct("<II")
+_MAX_PAYLOAD = max(MAX_RECORD_BYTES, MAX_SPEC_BYTES)
+
+NEW, DUPLICATE, EQUIVOCATION, REDUNDANT = "new", "duplicate", "equivocation", "redundant"
 
 
 class Ledger:
-    """An in-memory set of records with canonical ordering and conflict checks.
-
-    A (machine, sample) pair names one perturbation, so two records of the same
-    machine may not cover overlapping sample ranges; an identical duplicate is
-    ignored (records are gossiped and may arrive more than once).
-    """
+    """An in-memory set of (already verified and admitted) records."""
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
-        self._records: dict[tuple[bytes, int], Record] = {}
-        self._ranges: dict[bytes, list[tuple[int, int]]] = {}
+        self._slots: dict[tuple[int, bytes], list[Record]] = {}  # (step, machine) -> 1 record, or 2 (evidence)
+        self._rids: set[bytes] = set()
+        self._banned: dict[bytes, int] = {}  # machine -> first step it equivocated at
+        self._steps: dict[int, set[bytes]] = {}
+        self._applicable: dict[int, list[Record]] = {}  # cache, dropped when a step changes
         for record in records:
             self.add(record)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._rids)
 
     def __contains__(self, record: Record) -> bool:
-        return self._records.get((record.machine, record.first_sample)) == record
+        return record.rid in self._rids
 
-    def check(self, record: Record) -> bool:
-        """True if ``record`` is new, False if already held; ProtocolError if it conflicts."""
-        existing = self._records.get((record.machine, record.first_sample))
-        if existing is not None:
-            if existing == record:
-                return False
-            raise ProtocolError("conflicting record for the same machine and sample counter")
-        ranges = self._ranges.get(record.machine, [])
-        pos = bisect.bisect_left(ranges, (record.first_sample, 0))
-        last = record.first_sample + record.n - 1
-        if pos > 0 and ranges[pos - 1][1] >= record.first_sample:
-            raise ProtocolError("record reuses sample counters of an earlier record of the same machine")
-        if pos < len(ranges) and ranges[pos][0] <= last:
-            raise ProtocolError("record reuses sample counters of a later record of the same machine")
-        return True
+    def has(self, rid: bytes) -> bool:
+        return rid in self._rids
 
-    def add(self, record: Record) -> bool:
-        """Insert a record; returns False for an exact duplicate. Atomic: raises before changing state."""
-        if not self.check(record):
-            return False
-        self._records[(record.machine, record.first_sample)] = record
-        bisect.insort(self._ranges.setdefault(record.machine, []), (record.first_sample, record.first_sample + record.n - 1))
-        return True
+    def add(self, record: Record) -> str:
+        """Insert a record. Returns NEW, DUPLICATE (same body held), EQUIVOCATION (a second body
+        for a held (step, machine): kept as evidence, the machine is banned from that step on)
+        or REDUNDANT (a third body for a slot that already holds evidence: dropped)."""
+        rid = record.rid
+        if rid in self._rids:
+            return DUPLICATE
+        held = self._slots.get(record.slot)
+        if held is None:
+            self._slots[record.slot] = [record]
+            outcome = NEW
+        elif len(held) == 1:
+            held.append(record)
+            first = self._banned.get(record.machine)
+            self._banned[record.machine] = record.step if first is None else min(first, record.step)
+            self._applicable = {s: v for s, v in self._applicable.items() if s < record.step}
+            outcome = EQUIVOCATION
+        else:
+            return REDUNDANT
+        self._rids.add(rid)
+        self._steps.setdefault(record.step, set()).add(record.machine)
+        self._applicable.pop(record.step, None)
+        return outcome
+
+    def banned_from(self, machine: bytes) -> int | None:
+        """The step from which ``machine``'s records are void (it equivocated), or None."""
+        return self._banned.get(machine)
+
+    def applicable(self, step: int) -> list[Record]:
+        """The records applied at ``step``, in canonical order."""
+        cached = self._applicable.get(step)
+        if cached is not None:
+            return list(cached)
+        out = []
+        for machine in sorted(self._steps.get(step, ())):
+            held = self._slots[(step, machine)]
+            banned = self._banned.get(machine)
+            if len(held) == 1 and (banned is None or step < banned):
+                out.append(held[0])
+        self._applicable[step] = out
+        return list(out)
+
+    def at(self, step: int) -> list[Record]:
+        """Every record held for ``step`` (evidence included), in canonical order then rid."""
+        return sorted((r for m in self._steps.get(step, ()) for r in self._slots[(step, m)]),
+                      key=lambda r: (r.machine, r.rid))
 
     def ordered(self, since_step: int = 0, until_step: int | None = None) -> list[Record]:
-        """Records with since_step <= step < until_step, in canonical order."""
-        chosen = [
-            r for r in self._records.values()
-            if r.step >= since_step and (until_step is None or r.step < until_step)
-        ]
-        return sorted(chosen, key=lambda r: r.order_key)
+        """Every record held (evidence included) with since_step <= step < until_step."""
+        steps = sorted(s for s in self._steps if s >= since_step and (until_step is None or s < until_step))
+        return [r for s in steps for r in self.at(s)]
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.ordered())
 
-    def next_sample(self, machine: bytes) -> int:
-        """First unused sample counter of ``machine`` (one past its highest)."""
-        ranges = self._ranges.get(machine)
-        return ranges[-1][1] + 1 if ranges else 0
+    def steps(self) -> list[int]:
+        return sorted(self._steps)
+
+    def slot(self, step: int, machine: bytes) -> list[Record]:
+        return list(self._slots.get((step, machine), ()))
 
     @property
     def last_step(self) -> int:
-        return max((r.step for r in self._records.values()), default=-1)
+        return max(self._steps, default=-1)
 
 
 # --- file format ----------------------------------------------------------------------------------
-def _entry(payload: bytes) -> bytes:
+class LedgerCorrupt(ProtocolError):
+    """A ledger file damaged in the middle (not just a torn tail)."""
+
+    def __init__(self, path: str, damage: list[tuple[int, int]], recovered: int) -> None:
+        where = ", ".join(f"offset {off} ({length} bytes)" for off, length in damage)
+        super().__init__(f"{path}: corrupt ledger entries at {where}; {recovered} valid records after the damage were recovered")
+        self.path, self.damage, self.recovered = path, damage, recovered
+
+
+@dataclass
+class LedgerScan:
+    spec: SwarmSpec
+    records: list[Record] = field(default_factory=list)
+    torn_bytes: int = 0                                            # a torn tail, cut off
+    damage: list[tuple[int, int]] = field(default_factory=list)    # (offset, length) of damaged regions
+    recovered_after_damage: int = 0                                # valid records after the first damage
+    step_before_damage: int = 0                                    # step of the last intact record before it
+
+
+def entry(payload: bytes) -> bytes:
     return _ENTRY.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _read_entries(data: bytes) -> tuple[list[bytes], int]:
-    """Entries of a ledger file and the byte length of its intact prefix."""
-    if not data.startswith(_HEADER):
-        raise ProtocolError("not a seedswarm ledger (bad magic or format version)")
-    pos, entries = len(_HEADER), []
-    while pos + _ENTRY.size <= len(data):
-        length, crc = _ENTRY.unpack_from(data, pos)
-        if length > max(MAX_RECORD_BYTES, MAX_SPEC_BYTES):
+def _entry_at(data: bytes, pos: int, decode) -> tuple[object, int] | None:
+    """(decoded payload, end offset) of a valid entry at ``pos``, or None."""
+    if pos + _ENTRY.size > len(data):
+        return None
+    length, crc = _ENTRY.unpack_from(data, pos)
+    end = pos + _ENTRY.size + length
+    if length == 0 or length > _MAX_PAYLOAD or end > len(data):
+        return None
+    payload = data[pos + _ENTRY.size:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return decode(payload), end
+    except ProtocolError:
+        return None
+
+
+def scan_ledger(data: bytes) -> LedgerScan:
+    """Parse a ledger file's bytes, telling a torn tail from damage in the middle.
+
+    After a bad entry the scan resynchronises on the next offset where a valid record entry
+    starts (length, CRC-32 and strict decoding must all hold); if there is none, the bad
+    bytes are a torn tail. Raises ProtocolError if the header or the spec entry is bad."""
+    if not isinstance(data, (bytes, bytearray)) or not bytes(data).startswith(HEADER):
+        raise ProtocolError("not a seedswarm v2 ledger (bad magic or format version)")
+    data = bytes(data)
+    first = _entry_at(data, len(HEADER), SwarmSpec.from_canonical)
+    if first is None:
+        raise ProtocolError("the ledger's first entry (the swarm spec) is missing or corrupt")
+    scan = LedgerScan(spec=first[0])
+    pos = first[1]
+    while pos < len(data):
+        found = _entry_at(data, pos, decode_record)
+        if found is not None:
+            record, pos = found
+            scan.records.append(record)
+            if scan.damage:
+                scan.recovered_after_damage += 1
+            continue
+        resume = next((p for p in range(pos + 1, len(data)) if _entry_at(data, p, decode_record) is not None), None)
+        if resume is None:
+            scan.torn_bytes = len(data) - pos
             break
-        payload = data[pos + _ENTRY.size : pos + _ENTRY.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            break
-        entries.append(payload)
-        pos += _ENTRY.size + length
-    return entries, pos
+        if not scan.damage:
+            scan.step_before_damage = scan.records[-1].step if scan.records else 0
+        scan.damage.append((pos, resume - pos))
+        pos = resume
+    return scan
 
 
 def encode_ledger(spec: SwarmSpec, records: Iterable[Record]) -> bytes:
-    return _HEADER + _entry(spec.canonical_bytes()) + b"".join(_entry(r.encode()) for r in records)
+    return HEADER + entry(spec.canonical_bytes()) + b"".join(entry(r.encode()) for r in records)
 
 
 def decode_ledger(data: bytes) -> tuple[SwarmSpec, list[Record], int]:
-    """(spec, records in file order, bytes of a torn tail that were ignored)."""
-    entries, good = _read_entries(data)
-    if not entries:
-        raise ProtocolError("ledger has no swarm spec")
-    spec = SwarmSpec.from_canonical(entries[0])
-    return spec, [decode_record(e) for e in entries[1:]], len(data) - good
+    """(spec, records in file order, bytes of a torn tail that were ignored). Damage in the
+    middle raises LedgerCorrupt (naming the offsets); use ``scan_ledger`` to recover."""
+    scan = scan_ledger(data)
+    if scan.damage:
+        raise LedgerCorrupt("ledger", scan.damage, scan.recovered_after_damage)
+    return scan.spec, scan.records, scan.torn_bytes
+
+
+class DiskWriteError(OSError):
+    """Writing to disk failed (disk full, read-only, ...). What was written before is intact."""
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename, fsynced: either the old
+    file or the complete new one, never half of it; a failure removes the temporary file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DiskWriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class LedgerFile:
-    """An append-only ledger on disk. Appends are fsynced; a torn tail is cut off on open."""
+    """An append-only ledger on disk, with its in-memory ``Ledger``.
 
-    def __init__(self, path: str | os.PathLike, spec: SwarmSpec) -> None:
+    Opening trims a torn tail silently. Damage in the middle raises ``LedgerCorrupt`` unless
+    ``recover=True``: then the damaged file is kept as ``<name>.damaged``, the valid entries
+    are rewritten, and ``damage`` names what was lost (the caller re-fetches it from peers
+    or refuses to go on). Appends are fsynced; a failed append (disk full) leaves the file
+    exactly as it was and raises ``DiskWriteError``."""
+
+    def __init__(self, path: str | os.PathLike, spec: SwarmSpec, recover: bool = False) -> None:
         self.path = Path(path)
         self.spec = spec
         self.ledger = Ledger()
         self.repaired_bytes = 0
+        self.damage: list[tuple[int, int]] = []
+        self.step_before_damage = 0
+        self._broken: str | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
-            file_spec, records, torn = decode_ledger(self.path.read_bytes())
-            if file_spec.swarm_id != spec.swarm_id:
-                raise ProtocolError(f"{self.path} belongs to swarm {file_spec.swarm_id_hex}, not {spec.swarm_id_hex}")
-            for record in records:
-                self.ledger.add(record)
-            if torn:
-                with open(self.path, "r+b") as f:
-                    f.truncate(self.path.stat().st_size - torn)
-                    f.flush()
-                    os.fsync(f.fileno())
-                self.repaired_bytes = torn
+            self._open_existing(recover)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(_HEADER + _entry(spec.canonical_bytes()))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomically(self.path, HEADER + entry(spec.canonical_bytes()))
+        self._size = self.path.stat().st_size
         self._file = open(self.path, "ab")
 
-    def append(self, records: Iterable[Record]) -> list[Record]:
-        """Add new records to memory and disk (one fsync); returns those that were new.
-        A conflicting record raises ProtocolError before anything is added."""
-        records = list(records)
+    def _open_existing(self, recover: bool) -> None:
+        data = self.path.read_bytes()
+        try:
+            scan = scan_ledger(data)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{self.path}: {exc}") from None
+        if scan.spec.swarm_id != self.spec.swarm_id:
+            raise ProtocolError(f"{self.path} belongs to swarm {scan.spec.swarm_id_hex}, not {self.spec.swarm_id_hex}")
+        if scan.damage and not recover:
+            raise LedgerCorrupt(str(self.path), scan.damage, scan.recovered_after_damage)
+        for record in scan.records:
+            self.ledger.add(record)
+        if scan.damage:
+            self.damage, self.step_before_damage = scan.damage, scan.step_before_damage
+            damaged = self.path.with_name(self.path.name + ".damaged")
+            os.replace(self.path, damaged)
+            write_atomically(self.path, encode_ledger(self.spec, scan.records))
+        elif scan.torn_bytes:
+            with open(self.path, "r+b") as f:
+                f.truncate(len(data) - scan.torn_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            self.repaired_bytes = scan.torn_bytes
+
+    def add(self, records: Iterable[Record]) -> list[tuple[Record, str]]:
+        """Add records (to disk first, one fsync, then to memory). Returns (record, outcome)
+        for every record that changed the ledger (NEW or EQUIVOCATION)."""
+        if self._broken:
+            raise DiskWriteError(errno.EIO, self._broken)
         probe = Ledger()
-        for record in records:  # check the batch against the ledger and against itself first
-            if self.ledger.check(record):
-                probe.add(record)
-        return self._write([r for r in records if self.ledger.add(r)])
-
-    def admit(self, records: Iterable[Record]) -> tuple[list[Record], list[tuple[Record, str]]]:
-        """Add the records that fit, skip the ones that conflict (one fsync).
-        Returns (new records, [(rejected record, reason)])."""
-        new, rejected = [], []
+        changed = []
         for record in records:
-            try:
-                if self.ledger.add(record):
-                    new.append(record)
-            except ProtocolError as exc:
-                rejected.append((record, str(exc)))
-        return self._write(new), rejected
+            if self.ledger.has(record.rid) or probe.has(record.rid):
+                continue
+            # what the ledger would say, without changing it yet (disk first)
+            held = self.ledger.slot(*record.slot) + probe.slot(*record.slot)
+            if len(held) >= 2:
+                continue
+            probe.add(record)
+            changed.append((record, NEW if not held else EQUIVOCATION))
+        if changed:
+            self._append(b"".join(entry(r.encode()) for r, _ in changed))
+            for record, _ in changed:
+                self.ledger.add(record)
+        return changed
 
-    def _write(self, new: list[Record]) -> list[Record]:
-        if new:
-            self._file.write(b"".join(_entry(r.encode()) for r in new))
+    def _append(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
             self._file.flush()
             os.fsync(self._file.fileno())
-        return new
+        except OSError as exc:
+            # cut the partial write off again so that later appends do not follow garbage
+            try:
+                self._file.close()
+                with open(self.path, "r+b") as f:
+                    f.truncate(self._size)
+                    os.fsync(f.fileno())
+                self._file = open(self.path, "ab")
+            except OSError:
+                self._broken = f"{self.path} could not be restored after a failed write; restart the peer"
+            raise DiskWriteError(exc.errno, f"cannot append to {self.path}: {exc.strerror or exc}") from None
+        self._size += len(data)
 
     def rewrite(self, records: Iterable[Record]) -> None:
-        """Replace the whole ledger (atomically on disk): adopting another replica's history."""
+        """Replace the whole ledger atomically (adopting another replica's history)."""
         fresh = Ledger(records)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(encode_ledger(self.spec, fresh.ordered()))
-            f.flush()
-            os.fsync(f.fileno())
+        write_atomically(self.path, encode_ledger(self.spec, fresh.ordered()))
         self._file.close()
-        os.replace(tmp, self.path)
         self.ledger = fresh
+        self._size = self.path.stat().st_size
         self._file = open(self.path, "ab")
 
     def close(self) -> None:

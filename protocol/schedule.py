@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from .errors import ProtocolError
 
 SCHEDULES = ("constant", "linear", "cosine")
+MAX_LR = 1e6
+MAX_STEPS = 1 << 32
 
 
 def cos_pi(t: float) -> float:
@@ -45,17 +47,17 @@ class LRSchedule:
     min_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
+        if type(self.kind) is not str or self.kind not in SCHEDULES:
             raise ProtocolError(f"lr schedule kind {self.kind!r} is not one of {SCHEDULES}")
-        if not (isinstance(self.base, float) and math.isfinite(self.base) and self.base >= 0):
-            raise ProtocolError("lr base must be a finite non-negative float")
-        if type(self.warmup_steps) is not int or self.warmup_steps < 0:
-            raise ProtocolError("warmup_steps must be a non-negative integer")
-        if type(self.total_steps) is not int or self.total_steps < 0:
-            raise ProtocolError("total_steps must be a non-negative integer")
+        if not (type(self.base) is float and 0.0 <= self.base <= MAX_LR):
+            raise ProtocolError(f"lr base must be a float in [0, {MAX_LR:g}]")
+        if type(self.warmup_steps) is not int or not 0 <= self.warmup_steps <= MAX_STEPS:
+            raise ProtocolError(f"warmup_steps must be an integer in 0..{MAX_STEPS}")
+        if type(self.total_steps) is not int or not 0 <= self.total_steps <= MAX_STEPS:
+            raise ProtocolError(f"total_steps must be an integer in 0..{MAX_STEPS}")
         if self.kind != "constant" and self.total_steps <= self.warmup_steps:
             raise ProtocolError("a decaying lr schedule needs total_steps > warmup_steps")
-        if not (isinstance(self.min_ratio, float) and 0.0 <= self.min_ratio <= 1.0):
+        if not (type(self.min_ratio) is float and 0.0 <= self.min_ratio <= 1.0):
             raise ProtocolError("min_ratio must be a float in [0, 1]")
 
     def __call__(self, step: int) -> float:

@@ -1,9 +1,14 @@
 """The swarm spec: everything replicas must agree on, content-addressed.
 
-The swarm id is SHA-256 over ``SPEC_DOMAIN || canonical(spec)``, where
-``canonical`` is msgpack with map keys sorted (recursively), floats as float64
-and strings as UTF-8. A peer that is handed a spec and an id recomputes the
-hash, so nobody can alter the recipe of a swarm without changing its id.
+The swarm id is SHA-256 over ``SPEC_DOMAIN || canonical(spec)`` (canonical.py: msgpack,
+map keys sorted at every level, floats as float64). A peer handed a spec and an id
+recomputes the hash, so nobody can alter the recipe of a swarm without changing its id.
+
+Every field has one type. JSON input may spell a float field as an integer (``"eps": 1``):
+``from_dict`` widens it to a float *before* hashing, so ``1`` and ``1.0`` name the same
+swarm. Canonical bytes must already hold floats: ``from_canonical`` rejects an integer in
+a float field (it would not re-encode to the same bytes). Booleans are never integers.
+SPEC.md section 9 lists every field with its type, default and validation.
 """
 
 from __future__ import annotations
@@ -11,21 +16,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-import msgpack
-
+from .canonical import MAX_DEPTH, pack, unpack_canonical
 from .codec import CODEC_NAME
 from .distributions import DISTRIBUTIONS, RADEMACHER
 from .errors import ProtocolError
+from .identity import MAX_POW_BITS
 from .records import MAX_SAMPLES
 from .schedule import LRSchedule
 
-PROTOCOL_VERSION = 1
-SPEC_DOMAIN = b"seedswarm/spec/v1\x00"
+PROTOCOL_VERSION = 2
+SPEC_DOMAIN = b"seedswarm/spec/v2\x00"
 MAX_SPEC_BYTES = 32 * 1024
 DTYPES = ("float32", "bfloat16", "float16")
+ADMISSION_MODES = ("open", "members")
+CLIP_RULES = ("none", "median")
+MAX_WINDOW = 64
+MAX_DELAY = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,30 @@ class CodecParams:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """Who may contribute records (and votes): ``open`` to anyone whose machine id carries
+    ``pow_bits`` of proof of work for this swarm (0: free), or ``members`` whose machine id
+    the swarm's ``authority`` (hex Ed25519 public key) has signed."""
+
+    mode: str = "open"
+    pow_bits: int = 0
+    authority: str = ""
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """The step rule: how the decoded gradients of one sealed step become update
+    coefficients, computed identically by every replica from that step's records alone.
+
+    ``clip = "median"`` bounds every gradient of a step to ``clip_factor`` times the step's
+    median magnitude (lower median), so a hostile record moves the weights at most about as
+    much as an honest one; ``"none"`` applies gradients as decoded."""
+
+    clip: str = "median"
+    clip_factor: float = 1.0
+
+
+@dataclass(frozen=True)
 class SwarmSpec:
     """The recipe of one swarm. Two peers with equal specs build identical replicas."""
 
@@ -67,9 +100,14 @@ class SwarmSpec:
     weight_decay: float = 0.0
     no_decay: tuple[str, ...] = ("*bias", "*LayerNorm*", "*layer_norm*", "*norm.weight")
     codec: CodecParams = field(default_factory=CodecParams)
+    aggregation: Aggregation = field(default_factory=Aggregation)
+    admission: Admission = field(default_factory=Admission)
     samples_per_step: int = 1
     batch_size: int = 32
     digest_every: int = 10
+    delay: int = 1
+    late_window: int = 8
+    future_window: int = 4
     protocol_version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
@@ -77,7 +115,7 @@ class SwarmSpec:
 
     # --- identity -------------------------------------------------------------------------
     def canonical_bytes(self) -> bytes:
-        return msgpack.packb(_canonical(self.to_dict()), use_bin_type=True, use_single_float=False)
+        return pack(self.to_dict())
 
     @property
     def swarm_id(self) -> bytes:
@@ -86,6 +124,10 @@ class SwarmSpec:
     @property
     def swarm_id_hex(self) -> str:
         return self.swarm_id.hex()
+
+    @property
+    def authority_key(self) -> bytes:
+        return bytes.fromhex(self.admission.authority)
 
     # --- conversions ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -102,47 +144,38 @@ class SwarmSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> "SwarmSpec":
+        """A spec from a JSON-like mapping; integer spellings of float fields are widened."""
         if not isinstance(data, dict):
             raise ProtocolError("a swarm spec must be a mapping")
-        d = dict(data)
-        _reject_unknown("spec", d, {f for f in cls.__dataclass_fields__})
-        try:
-            model = _sub(ModelRef, d.pop("model", None), "model")
-            task = _sub(TaskRef, d.pop("task", None), "task")
-            lr = _sub(LRSchedule, d.pop("lr", {}), "lr", floats=("base", "min_ratio"))
-            codec = _sub(CodecParams, d.pop("codec", {}), "codec", floats=("clip",))
-            for key in ("trainable", "frozen", "no_decay"):
-                if key in d:
-                    if not isinstance(d[key], (list, tuple)):
-                        raise ProtocolError(f"spec.{key} must be a list of name patterns")
-                    d[key] = tuple(d[key])
-            for key in ("eps", "weight_decay"):
-                if key in d and type(d[key]) is int:
-                    d[key] = float(d[key])
-            return cls(model=model, task=task, lr=lr, codec=codec, **d)
-        except TypeError as exc:
-            raise ProtocolError(f"invalid swarm spec: {exc}") from None
+        d = _fields_of(cls, data, "spec")
+        for key in ("model", "task"):
+            if key not in d:
+                raise ProtocolError(f"spec.{key} is required")
+        for key, kind in _NESTED.items():
+            if key in d:
+                d[key] = _build(kind, _fields_of(kind, d[key], f"spec.{key}"), f"spec.{key}")
+        for key in ("trainable", "frozen", "no_decay"):
+            if key in d:
+                if type(d[key]) not in (list, tuple):
+                    raise ProtocolError(f"spec.{key} must be a list of name patterns")
+                d[key] = tuple(d[key])
+        return _build(cls, d, "spec")
 
     @classmethod
     def from_json(cls, text: str) -> "SwarmSpec":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ProtocolError(f"swarm spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
     @classmethod
-    def from_canonical(cls, data: bytes, expected_id: bytes | None = None) -> "SwarmSpec":
+    def from_canonical(cls, data: object, expected_id: bytes | None = None) -> "SwarmSpec":
         """Decode a spec fetched from a peer and check it against the id it was asked by."""
-        if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_SPEC_BYTES:
-            raise ProtocolError("swarm spec must be bytes of at most 32 KiB")
-        try:
-            obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
-        except Exception as exc:
-            raise ProtocolError(f"swarm spec is not valid msgpack: {exc}") from None
+        obj = unpack_canonical(data, MAX_SPEC_BYTES, "swarm spec")
         spec = cls.from_dict(obj)
         if spec.canonical_bytes() != bytes(data):
-            raise ProtocolError("swarm spec is not in canonical form")
+            raise ProtocolError("swarm spec is not in canonical form (an integer in a float field?)")
         if expected_id is not None and spec.swarm_id != expected_id:
             raise ProtocolError("swarm spec does not hash to the requested swarm id")
         return spec
@@ -159,88 +192,134 @@ def parse_swarm_id(text: str) -> bytes:
     return raw
 
 
-# --- helpers -----------------------------------------------------------------------------------
-def _sub(kind, value, name, floats=()):
-    if value is None:
-        raise ProtocolError(f"spec.{name} is required")
+# --- field types --------------------------------------------------------------------------------
+_NESTED = {"model": ModelRef, "task": TaskRef, "lr": LRSchedule, "codec": CodecParams,
+           "aggregation": Aggregation, "admission": Admission}
+#: Fields whose JSON spelling may be an integer: widened to float before hashing.
+FLOAT_FIELDS = {
+    SwarmSpec: ("eps", "weight_decay"), LRSchedule: ("base", "min_ratio"), CodecParams: ("clip",),
+    Aggregation: ("clip_factor",),
+}
+
+
+def _fields_of(kind, value, where: str) -> dict:
+    """The mapping ``value`` as keyword arguments of dataclass ``kind``: unknown fields are
+    rejected, integer spellings of float fields widened, nothing else converted."""
     if isinstance(value, kind):
-        return value
+        return {f.name: getattr(value, f.name) for f in fields(kind)}
     if not isinstance(value, dict):
-        raise ProtocolError(f"spec.{name} must be a mapping")
-    value = dict(value)
-    _reject_unknown(f"spec.{name}", value, set(kind.__dataclass_fields__))
-    for key in floats:
-        if key in value and type(value[key]) is int:
-            value[key] = float(value[key])
-    try:
-        return kind(**value)
-    except TypeError as exc:
-        raise ProtocolError(f"invalid spec.{name}: {exc}") from None
-
-
-def _reject_unknown(where: str, d: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(d) - allowed)
+        raise ProtocolError(f"{where} must be a mapping")
+    allowed = {f.name for f in fields(kind)}
+    unknown = sorted(str(k) for k in value if k not in allowed)
     if unknown:
-        raise ProtocolError(f"unknown field(s) in {where}: {', '.join(map(str, unknown))}")
+        raise ProtocolError(f"unknown field(s) in {where}: {', '.join(unknown)}")
+    out = dict(value)
+    for key in FLOAT_FIELDS.get(kind, ()):
+        if key in out and type(out[key]) is int:
+            out[key] = float(out[key])
+    return out
 
 
-def _canonical(obj: Any) -> Any:
+def _build(kind, kwargs: dict, where: str):
+    try:
+        return kind(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ProtocolError(f"invalid {where}: {exc}") from None
+
+
+# --- validation -------------------------------------------------------------------------------
+def _json_like(obj: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"{where} nests deeper than {MAX_DEPTH} levels")
     if isinstance(obj, dict):
-        if not all(isinstance(k, str) for k in obj):
-            raise ProtocolError("spec maps must have string keys")
-        return {k: _canonical(obj[k]) for k in sorted(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        raise ProtocolError("spec floats must be finite")
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise ProtocolError(f"spec values must be JSON-like, not {type(obj).__name__}")
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ProtocolError(f"{where} maps must have string keys")
+            _json_like(v, where, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _json_like(v, where, depth + 1)
+    elif isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ProtocolError(f"{where} floats must be finite")
+    elif type(obj) is int:
+        if not -(1 << 63) <= obj < (1 << 64):
+            raise ProtocolError(f"{where} integers must fit in 64 bits")
+    elif not (obj is None or isinstance(obj, (str, bool))):
+        raise ProtocolError(f"{where} values must be JSON-like, not {type(obj).__name__}")
 
 
-def _check_patterns(name: str, patterns: tuple) -> None:
-    if not all(isinstance(p, str) and p for p in patterns):
-        raise ProtocolError(f"spec.{name} must be a list of non-empty strings")
+def _string(value: object, where: str, lo: int = 0, hi: int = 200) -> None:
+    if type(value) is not str or not lo <= len(value) <= hi:
+        raise ProtocolError(f"{where} must be a string of {lo}..{hi} characters")
 
 
-def _positive_float(name: str, value: object) -> None:
-    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-        raise ProtocolError(f"spec.{name} must be a positive finite float")
+def _float(value: object, where: str, lo: float = 0.0, positive: bool = False, hi: float = math.inf) -> None:
+    if type(value) is not float or not math.isfinite(value) or value < lo or value > hi or (positive and value <= 0):
+        bound = "a positive" if positive else f"a float in [{lo}, {hi}]"
+        raise ProtocolError(f"{where} must be {bound} finite float")
+
+
+def _int(value: object, where: str, lo: int, hi: int) -> None:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ProtocolError(f"{where} must be an integer in {lo}..{hi}")
+
+
+def _patterns(value: object, where: str) -> None:
+    if type(value) is not tuple or len(value) > 256 or not all(type(p) is str and 0 < len(p) <= 200 for p in value):
+        raise ProtocolError(f"{where} must be a list of at most 256 non-empty strings")
 
 
 def _validate(s: SwarmSpec) -> None:
-    if not isinstance(s.name, str) or not 0 < len(s.name) <= 200:
-        raise ProtocolError("spec.name must be a string of 1..200 characters")
-    if not isinstance(s.model, ModelRef) or not isinstance(s.model.id, str) or not s.model.id:
-        raise ProtocolError("spec.model.id must be a non-empty string")
-    if not isinstance(s.model.revision, str) or not isinstance(s.model.digest, str):
-        raise ProtocolError("spec.model.revision and spec.model.digest must be strings")
+    _string(s.name, "spec.name", 1, 200)
+    if type(s.model) is not ModelRef:
+        raise ProtocolError("spec.model must be a mapping")
+    _string(s.model.id, "spec.model.id", 1, 500)
+    _string(s.model.revision, "spec.model.revision", 0, 200)
+    _string(s.model.digest, "spec.model.digest", 0, 64)
     if s.model.digest and (len(s.model.digest) != 64 or any(c not in "0123456789abcdef" for c in s.model.digest)):
-        raise ProtocolError("spec.model.digest must be 64 lowercase hex characters")
+        raise ProtocolError("spec.model.digest must be empty or 64 lowercase hex characters")
     if s.model.dtype not in DTYPES:
         raise ProtocolError(f"spec.model.dtype must be one of {DTYPES}")
-    if not isinstance(s.task, TaskRef) or not isinstance(s.task.kind, str) or not s.task.kind:
-        raise ProtocolError("spec.task.kind must be a non-empty string")
-    if not isinstance(s.task.options, dict):
+    if type(s.task) is not TaskRef:
+        raise ProtocolError("spec.task must be a mapping")
+    _string(s.task.kind, "spec.task.kind", 1, 200)
+    if type(s.task.options) is not dict:
         raise ProtocolError("spec.task.options must be a mapping")
-    _canonical(s.task.options)
+    _json_like(s.task.options, "spec.task.options")
     for name in ("trainable", "frozen", "no_decay"):
-        _check_patterns(name, getattr(s, name))
+        _patterns(getattr(s, name), f"spec.{name}")
     if not s.trainable:
         raise ProtocolError("spec.trainable must name at least one parameter pattern")
     if s.perturbation not in DISTRIBUTIONS:
         raise ProtocolError(f"spec.perturbation must be one of {DISTRIBUTIONS}")
-    _positive_float("eps", s.eps)
-    if not isinstance(s.lr, LRSchedule):
-        raise ProtocolError("spec.lr must be an lr schedule")
-    if not (isinstance(s.weight_decay, float) and math.isfinite(s.weight_decay) and s.weight_decay >= 0):
-        raise ProtocolError("spec.weight_decay must be a finite non-negative float")
-    if not isinstance(s.codec, CodecParams) or s.codec.name != CODEC_NAME:
+    _float(s.eps, "spec.eps", positive=True)
+    if type(s.lr) is not LRSchedule:
+        raise ProtocolError("spec.lr must be a mapping")
+    _float(s.weight_decay, "spec.weight_decay")
+    if type(s.codec) is not CodecParams or s.codec.name != CODEC_NAME:
         raise ProtocolError(f"spec.codec.name must be {CODEC_NAME!r}")
-    _positive_float("codec.clip", s.codec.clip)
-    for name, upper in (("samples_per_step", MAX_SAMPLES), ("batch_size", 1 << 20), ("digest_every", 1 << 20)):
-        value = getattr(s, name)
-        if type(value) is not int or not 1 <= value <= upper:
-            raise ProtocolError(f"spec.{name} must be an integer in 1..{upper}")
-    if s.protocol_version != PROTOCOL_VERSION:
+    _float(s.codec.clip, "spec.codec.clip", positive=True, hi=1e30)
+    if type(s.aggregation) is not Aggregation or s.aggregation.clip not in CLIP_RULES:
+        raise ProtocolError(f"spec.aggregation.clip must be one of {CLIP_RULES}")
+    _float(s.aggregation.clip_factor, "spec.aggregation.clip_factor", positive=True, hi=1e6)
+    a = s.admission
+    if type(a) is not Admission or a.mode not in ADMISSION_MODES:
+        raise ProtocolError(f"spec.admission.mode must be one of {ADMISSION_MODES}")
+    _int(a.pow_bits, "spec.admission.pow_bits", 0, MAX_POW_BITS)
+    _string(a.authority, "spec.admission.authority", 0, 64)
+    if a.mode == "members":
+        if len(a.authority) != 64 or any(c not in "0123456789abcdef" for c in a.authority):
+            raise ProtocolError("a members-only swarm needs spec.admission.authority: 64 lowercase hex characters")
+        if a.pow_bits:
+            raise ProtocolError("spec.admission.pow_bits applies to open swarms only")
+    elif a.authority:
+        raise ProtocolError("spec.admission.authority applies to members-only swarms only")
+    _int(s.samples_per_step, "spec.samples_per_step", 1, MAX_SAMPLES)
+    _int(s.batch_size, "spec.batch_size", 1, 1 << 20)
+    _int(s.digest_every, "spec.digest_every", 1, 1 << 20)
+    _int(s.delay, "spec.delay", 0, MAX_DELAY)
+    _int(s.late_window, "spec.late_window", 0, MAX_WINDOW)
+    _int(s.future_window, "spec.future_window", s.delay + 2, MAX_WINDOW)
+    if type(s.protocol_version) is not int or s.protocol_version != PROTOCOL_VERSION:
         raise ProtocolError(f"spec speaks protocol {s.protocol_version!r}; this peer speaks {PROTOCOL_VERSION}")

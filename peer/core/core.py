@@ -1,0 +1,951 @@
+"""The swarm core: every rule of a seedswarm peer, as a pure state machine.
+
+``SwarmCore.feed(event, now)`` takes one event (a frame from a neighbour, a timer, our own
+record computed, a step sealed, ...) and returns the actions it calls for (send, seal,
+compute, rebuild, fetch a checkpoint, log). It does no I/O, reads no clock and draws no
+randomness but its own seeded generator, so the same events give the same actions: the
+simulator (peer/sim.py) runs hundreds of cores over a simulated network from one seed, and
+every rule below is unit-tested without sockets.
+
+A peer's life:
+
+1. **join**: link to members found by discovery and learn where the swarm is from the
+   neighbours' status (the lower median, so a minority of liars cannot move it). A fresh
+   swarm waits for ``min_peers`` and starts at step 0; a peer behind catches up by
+   replaying the ledger (range requests) or from a checkpoint whose digest peers with
+   standing vouch for.
+2. **rounds**: our record of step t is computed on the weights after t - ``spec.delay``
+   sealed steps, so a step's records spread while the next ones are computed. Step t is
+   sealed when every expected author (those applied at t - 1) is in, or a deadline adapted
+   to measured arrival spreads passes, or half of them visibly sealed t already; sealing
+   applies the step's records through the step rule (protocol.aggregation).
+3. **late records** (at most ``late_window`` steps old) are admitted, so replicas that
+   hold the same records converge, and applied at their canonical place by a rebuild; a
+   flood of late records costs at most one rebuild per ``rebuild_every`` steps.
+4. **votes and healing** (trust.py): once a digest step can no longer change, neighbours
+   exchange signed votes; a replica outvoted by a standing majority adopts a supporter's
+   records for the disputed steps and rebuilds, or installs a checkpoint with the winning
+   digest; with no standing majority it keeps its weights and reports the split.
+5. **finish**: at the target step, a final vote among neighbours, then ``Finished``; a
+   finished core keeps answering its neighbours until the driver stops it.
+
+Admission (what a record must be before it touches the ledger) is
+``protocol.admission.check_record`` (signature, exact sample count, ticket) plus the time
+rules here: no step ``future_window`` or more ahead of what we sealed, none more than
+``late_window`` behind (one record per author and step, so a flood is bounded too). A neighbour is blamed
+only for bytes it could have checked itself (malformed frames, bad signatures, unsolicited
+replies, flooding); one that passes ``max_rejects`` is dropped and banned for a while.
+Records that are valid but untimely count against their author, never the neighbour.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ...protocol.admission import check_record, check_vote
+from ...protocol.errors import ProtocolError
+from ...protocol.identity import Signer
+from ...protocol.ledger import DUPLICATE, EQUIVOCATION, NEW, REDUNDANT, Ledger
+from ...protocol.messages import (MAX_BATCH, MAX_RANGE, Bye, Gossip as GossipFrame, Peers, RangeReply, RangeRequest,
+                                  Status, Vote, Votes)
+from ...protocol.records import Record
+from ...protocol.spec import SwarmSpec
+from .events import (Action, CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, FetchCheckpoint, Finished,
+                     LinkDown, LinkUp, Log, Malformed, PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send,
+                     ServeRange, StepSealed, Stop, Tick)
+from .gossip import Gossip
+from .trust import Standing, Tally, Votes as VoteBook
+
+JOIN_MODES = ("checkpoint", "replay")
+
+
+@dataclass
+class CoreConfig:
+    """A peer's local settings (what replicas must agree on is in the SwarmSpec)."""
+
+    target: int = 100              # train until this many steps are sealed
+    training: bool = True          # compute and publish records (False: follow only)
+    min_peers: int = 1             # a fresh swarm starts when this many peers (us included) are linked
+    join_by: str = "checkpoint"    # how a peer behind the swarm catches up: "checkpoint" or "replay"
+    checkpoint_every: int = 20     # the replica keeps a checkpoint every this many steps
+    max_links: int = 8             # overlay degree we dial up to (we accept up to 4 more)
+    eager: int = 0                 # neighbours a forwarded record is pushed to whole (0: ids only)
+    frame_interval: float = 0.1    # at most one gossip frame per link this often
+    want_timeout: float = 1.0
+    status_interval: float = 5.0
+    peers_interval: float = 30.0
+    start_timeout: float = 10.0    # how long a newcomer waits for its neighbours' status
+    link_timeout: float = 30.0     # a neighbour silent this long is dropped
+    dial_timeout: float = 20.0
+    min_wait: float = 0.3          # a round waits for missing authors at least this long ...
+    max_wait: float = 30.0         # ... at most this long; between: 1.5 x the 95th percentile of how
+    first_wait: float = 5.0        # long after a round's start records arrive (late ones included) + 0.25 s;
+                                   # this long while fewer than 16 arrivals are measured
+    range_timeout: float = 15.0
+    standing_window: int = 64
+    rebuild_every: int = 4         # late records are applied by at most one rebuild per this many steps
+    vote_grace: float = 2.0        # seconds to wait for neighbours' votes before a tally
+    finish_timeout: float = 60.0   # how long a finished peer waits for its neighbours' final votes
+    rate_limit: int = 200          # frames per second a neighbour may send
+    max_rejects: int = 32          # refused inputs a neighbour could have checked, before it is dropped
+    ban_seconds: float = 600.0
+    max_known: int = 1024          # members remembered for dialing
+
+
+@dataclass
+class _Round:
+    """Bookkeeping of the step being collected, kept incrementally (O(1) per record)."""
+
+    step: int
+    started: float
+    expected: set[bytes]           # authors we wait for
+    missing: set[bytes]            # ... of whom no record of this step is here yet
+    ahead: set[bytes]              # ... who published for a step that shows they sealed this one
+    first_seen: float | None = None
+
+
+@dataclass
+class _Range:
+    peer: bytes
+    first: int
+    last: int
+    deadline: float
+    purpose: str                   # "catchup", "heal" or "standing"
+    records: list[Record] = field(default_factory=list)
+
+
+@dataclass
+class _Heal:
+    step: int                      # the digest step we were outvoted on
+    winner: bytes
+    supporters: tuple[bytes, ...]
+    first: int                     # the newest step where we still agreed: replaced from here
+    started: float
+    stage: str = "fetch"           # wait_link -> fetch -> rebuild -> (checkpoint)
+    records: list[Record] = field(default_factory=list)
+
+
+class SwarmCore:
+    """One peer's rules. See the module docstring; ``feed`` is the only entry point."""
+
+    def __init__(self, spec: SwarmSpec, signer: Signer, config: CoreConfig, *, ticket: bytes = b"",
+                 sealed: int = 0, ledger: Ledger | None = None, digests: dict[int, bytes] | None = None,
+                 verify: Callable[[SwarmSpec, Record], Record] = check_record,
+                 verify_vote: Callable[[SwarmSpec, Vote], Vote] = check_vote, seed: int | None = None) -> None:
+        if config.join_by not in JOIN_MODES:
+            raise ValueError(f"join_by must be one of {JOIN_MODES}")
+        self.spec, self.signer, self.cfg, self.ticket = spec, signer, config, ticket
+        self.me = signer.machine
+        self.swarm = spec.swarm_id
+        self._verify, self._verify_vote = verify, verify_vote
+        self.rng = random.Random(int.from_bytes(self.me[-8:], "big") if seed is None else seed)
+        self.gossip = Gossip(self.rng, config.eager, config.frame_interval, config.want_timeout)
+        self.ledger = Ledger()                     # the unsealed pool and the last few sealed steps
+        self.standing = Standing(config.standing_window)
+        self.votes = VoteBook()
+        self.digests: dict[int, bytes] = dict(digests or {})
+        self.sealed = sealed                       # steps the replica has applied
+        self.horizon = sealed                      # steps for which a Seal was issued
+        self.phase = "start"
+        self.now = 0.0
+        self.started: float | None = None
+        self.round: _Round | None = None
+        self.own: dict[int, Record] = {}
+        self.computing: int | None = None
+        self.step_time = 0.0                       # our compute seconds per step (moving average)
+        self._arrivals: deque[float] = deque(maxlen=256)  # seconds after its round's start a record came
+        self._round_starts: dict[int, float] = {}
+        self._late: list[Record] = []
+        self._last_rebuild = -(1 << 30)             # horizon at the last late-record rebuild
+        self.late_by: Counter[bytes] = Counter()    # late records admitted, per author
+        self._busy = 0                             # rebuilds / checkpoint installs in flight
+        self.known: dict[bytes, float] = {}        # members we could dial -> when first heard of
+        self.departed: dict[bytes, float] = {}
+        self.banned: dict[bytes, float] = {}
+        self.rejects_from: Counter[bytes] = Counter()   # per neighbour: inputs it could have checked
+        self.rejects_of: Counter[bytes] = Counter()     # per author: signed records refused
+        self.reasons: Counter[str] = Counter()
+        self._range: _Range | None = None
+        self._standing_ranges: list[_Range] = []
+        self._standing_done: list[_Range] = []
+        self._join_deadline = 0.0
+        self._join_digest: bytes | None = None
+        self._heal: _Heal | None = None
+        self._tallies: dict[int, float] = {}       # digest step -> when to tally it
+        self._to_cast: set[int] = set()            # settled digest steps we have yet to vote on
+        self._voted: set[int] = set()
+        self._agreed = max((s for s in self.digests if s <= sealed), default=0)
+        self.revision = 0
+        self.heals = 0
+        self.late_applied = 0
+        self.records_applied = 0
+        self._final_at: float | None = None
+        self._final_voted_at: float | None = None
+        self._final_healed = False
+        self._next_status = 0.0
+        self._next_peers = 0.0
+        self._dialing: dict[bytes, float] = {}
+        self._discovered = False                   # the first discovery round reported (even if empty)
+        if ledger is not None:  # a restart: what the ledger on disk tells about recent history
+            for step in ledger.steps():
+                if step >= sealed - self._keep():
+                    for r in ledger.at(step):
+                        self.ledger.add(r)
+                        self.gossip.note(r.rid, r.step)
+            self.standing.reset([(s, tuple(r.machine for r in ledger.applicable(s)))
+                                 for s in ledger.steps() if sealed - config.standing_window <= s < sealed])
+
+    # ====================================================================================== feed
+    def feed(self, event, now: float) -> list[Action]:
+        self.now = now
+        out: list[Action] = []
+        if self.started is None:
+            self.started = now
+        if self.phase == "done":  # finished or leaving: keep answering neighbours, nothing else
+            if isinstance(event, Received) and isinstance(event.message, (GossipFrame, RangeRequest, Status, Bye)):
+                self._received(event.peer, event.message, out)
+            elif isinstance(event, LinkUp):
+                self._link_up(event.peer, out)
+            elif isinstance(event, LinkDown):
+                self._link_down(event.peer)
+            out.extend(Send(p, m) for p, m in self.gossip.flush(now))
+            return out
+        if isinstance(event, Received):
+            self._received(event.peer, event.message, out)
+        elif isinstance(event, LinkUp):
+            self._link_up(event.peer, out)
+        elif isinstance(event, LinkDown):
+            self._link_down(event.peer)
+        elif isinstance(event, Malformed):
+            self._blame(event.peer, f"malformed frame ({event.reason})", out)
+        elif isinstance(event, PeersFound):
+            self._discovered = True
+            self._learn_peers(event.machines)
+        elif isinstance(event, RecordReady):
+            self._record_ready(event.record, event.seconds, out)
+        elif isinstance(event, ComputeFailed):
+            self.computing = None
+            out.append(Log("compute_failed", {"step": event.step, "reason": event.reason}))
+            out.extend(Send(peer, Bye()) for peer in self.gossip.links)
+            self.phase = "done"
+            out.append(Finished(self.summary()))
+            return out
+        elif isinstance(event, StepSealed):
+            self._step_sealed(event.step, event.digest, out)
+        elif isinstance(event, Rebuilt):
+            self._rebuilt(event, out)
+        elif isinstance(event, CheckpointInstalled):
+            self._checkpoint_installed(event, out)
+        elif isinstance(event, Stop):
+            out.extend(Send(peer, Bye()) for peer in self.gossip.links)
+            self.phase = "done"
+            return out
+        elif not isinstance(event, Tick):
+            raise TypeError(f"not an event: {event!r}")
+        self._advance(out)
+        return out
+
+    # ================================================================================ neighbours
+    def _link_up(self, peer: bytes, out: list) -> None:
+        self._dialing.pop(peer, None)
+        if (peer == self.me or self.banned.get(peer, 0) > self.now or peer in self.gossip.links
+                or len(self.gossip.links) >= self.cfg.max_links + 4):
+            if peer not in self.gossip.links:
+                out.append(Disconnect(peer))
+            return
+        self.gossip.add_link(peer, self.now)
+        self.known.setdefault(peer, self.now)
+        self.departed.pop(peer, None)
+        out.append(Send(peer, self._status()))
+        sample = self._sample_known(8, exclude=peer)
+        if sample:
+            out.append(Send(peer, Peers(tuple(sample))))
+        votes = [v for v in self.votes.recent(self.sealed - 8 * self.spec.digest_every) if v.machine == self.me]
+        if votes:
+            out.append(Send(peer, Votes(tuple(votes[-MAX_BATCH:]))))
+
+    def _link_down(self, peer: bytes) -> None:
+        self.gossip.drop_link(peer)
+        self._dialing.pop(peer, None)
+
+    def _learn_peers(self, machines) -> None:
+        for m in machines:
+            if m != self.me and self.banned.get(m, 0) <= self.now:
+                self.known.setdefault(m, self.now)
+        if len(self.known) > self.cfg.max_known:
+            for m in sorted(self.known, key=lambda k: (self.known[k], k))[: len(self.known) - self.cfg.max_known]:
+                del self.known[m]
+
+    def _sample_known(self, k: int, exclude: bytes) -> list[bytes]:
+        pool = sorted(m for m in self.known if m != exclude and m not in self.departed)
+        return self.rng.sample(pool, min(k, len(pool)))
+
+    def _maintain_links(self, out: list) -> None:
+        now = self.now
+        for peer, link in list(self.gossip.links.items()):
+            if now - link.last_heard > self.cfg.link_timeout:
+                self.gossip.drop_link(peer)
+                out.append(Disconnect(peer))
+        for peer, since in list(self._dialing.items()):
+            if now - since > self.cfg.dial_timeout:
+                del self._dialing[peer]
+        need = self.cfg.max_links - len(self.gossip.links) - len(self._dialing)
+        if need > 0:
+            candidates = sorted(m for m in self.known if m not in self.gossip.links and m not in self._dialing
+                                and m not in self.departed and self.banned.get(m, 0) <= now)
+            for peer in self.rng.sample(candidates, min(need, len(candidates))):
+                self._dialing[peer] = now
+                out.append(Connect(peer))
+
+    def _status(self) -> Status:
+        training = self.cfg.training and self.phase == "train"
+        ckpt = self.sealed // self.cfg.checkpoint_every * self.cfg.checkpoint_every
+        return Status(self.sealed, Status.TRAINING if training else 0, ckpt, int(self.step_time * 1000))
+
+    # ================================================================================== messages
+    def _received(self, peer: bytes, msg, out: list) -> None:
+        link = self.gossip.links.get(peer)
+        if link is None:  # not (or no longer) a neighbour
+            return
+        link.last_heard = self.now
+        if self.now - link.window_start >= 1.0:
+            link.window_start, link.window_messages = self.now, 0
+        link.window_messages += 1
+        if link.window_messages > self.cfg.rate_limit:
+            self._blame(peer, "rate limit", out)
+            return
+        if isinstance(msg, GossipFrame):
+            if msg.records and self.phase != "done":
+                self._records(peer, msg.records, out)
+            if msg.have and self.phase != "done":
+                self.gossip.heard_of(peer, msg.have, self._holds, self.now)
+            if msg.want:
+                self.gossip.answer(peer, [r for r in map(self._by_rid, msg.want) if r is not None])
+        elif isinstance(msg, Status):
+            link.status = msg
+        elif isinstance(msg, RangeRequest):
+            self._serve_range(peer, msg, out)
+        elif isinstance(msg, RangeReply):
+            self._range_reply(peer, msg, out)
+        elif isinstance(msg, Votes):
+            self._votes(peer, msg.votes, out)
+        elif isinstance(msg, Peers):
+            self._learn_peers(msg.machines[:64])
+        elif isinstance(msg, Bye):
+            self.departed[peer] = self.now
+            self.gossip.drop_link(peer)
+            if self.round is not None:
+                self.round.missing.discard(peer)
+                self.round.expected.discard(peer)
+            out.append(Disconnect(peer))
+
+    def _holds(self, rid: bytes) -> bool:
+        return self.gossip.step_of(rid) is not None
+
+    def _by_rid(self, rid: bytes) -> Record | None:
+        step = self.gossip.step_of(rid)
+        if step is None:
+            return None
+        for r in self.ledger.at(step):
+            if r.rid == rid:
+                return r
+        return None
+
+    def _blame(self, peer: bytes, reason: str, out: list) -> None:
+        """Input a neighbour could have checked itself was bad: count it; past max_rejects the
+        neighbour is dropped and banned for ban_seconds."""
+        self.reasons[reason.split(" (")[0]] += 1
+        self.rejects_from[peer] += 1
+        if self.rejects_from[peer] >= self.cfg.max_rejects and peer in self.gossip.links:
+            self.banned[peer] = self.now + self.cfg.ban_seconds
+            self.rejects_from[peer] = 0
+            self.gossip.drop_link(peer)
+            out.append(Disconnect(peer))
+            out.append(Log("banned", {"peer": peer.hex(), "last_reason": reason}))
+
+    def _refuse(self, author: bytes, reason: str) -> None:
+        """A valid, signed record we will not take (untimely, over budget, equivocating)."""
+        self.reasons[reason] += 1
+        self.rejects_of[author] += 1
+
+    # ================================================================================ admission
+    def _records(self, peer: bytes | None, records, out: list, fetched: tuple[int, int] | None = None) -> None:
+        """Admit records pushed by ``peer`` (new ones are passed on), or ``fetched`` by our own
+        range request for steps first..last-1 (already verified; not passed on)."""
+        for record in records:
+            rid = record.rid
+            if peer is not None:
+                self.gossip.mark_known(peer, rid)
+            if self._holds(rid):
+                continue
+            outcome = self._admit(record, peer, fetched, out)
+            if outcome is None:
+                continue
+            if fetched is None:
+                self.gossip.learned(record, rid, peer, own=False)
+            else:
+                self.gossip.note(rid, record.step)
+            self._round_saw(record, outcome)
+
+    def _admit(self, record: Record, peer: bytes | None, fetched, out: list) -> str | None:
+        step = record.step
+        if fetched is not None:
+            if not max(fetched[0], self.horizon) <= step < fetched[1]:
+                return None  # sealed meanwhile: nothing to do with it
+        else:
+            if step >= self.horizon + self.spec.future_window:
+                self._refuse(record.machine, "too far ahead")
+                return None
+            if step < self.horizon - self.spec.late_window:
+                self._refuse(record.machine, "too late")
+                return None
+            try:
+                self._verify(self.spec, record)
+            except ProtocolError as exc:
+                if peer is not None:
+                    self._blame(peer, f"inadmissible record ({exc})", out)
+                return None
+        late = step < self.horizon
+        outcome = self.ledger.add(record)
+        if outcome in (REDUNDANT, DUPLICATE):
+            return None
+        if outcome == EQUIVOCATION:
+            self._refuse(record.machine, "equivocation")
+            out.append(Log("equivocation", {"machine": record.machine.hex(), "step": step}))
+        if late:
+            self._late.append(record)
+            self.late_by[record.machine] += 1
+        return outcome
+
+    # ===================================================================================== votes
+    def _votes(self, peer: bytes, votes, out: list) -> None:
+        """A neighbour's own digest votes. Votes are not forwarded: each replica weighs the
+        votes of its neighbours, a sample of the swarm whose size does not grow with it."""
+        low = self.sealed - 8 * self.spec.digest_every - self.spec.late_window
+        for vote in votes:
+            if vote.machine != peer:
+                self._blame(peer, "a vote of another machine", out)
+                continue
+            if not low <= vote.step <= self.horizon + self.spec.future_window:
+                continue  # not useful now; not an offence (views of the swarm differ a little)
+            try:
+                self._verify_vote(self.spec, vote)
+            except ProtocolError as exc:
+                self._blame(peer, f"bad vote ({exc})", out)
+                continue
+            self.votes.add(vote)
+
+    def _cast(self, step: int, out: list) -> None:
+        digest = self.digests.get(step)
+        if digest is None:
+            return
+        vote = Vote.create(self.signer, self.swarm, step, digest, self.revision, self.ticket)
+        self.votes.add(vote)
+        self._voted.add(step)
+        out.extend(Send(p, Votes((vote,))) for p in self.gossip.links)
+
+    # ===================================================================================== ranges
+    def _keep(self) -> int:
+        """Sealed steps kept in memory: what late records need; older ranges come from disk."""
+        return self.spec.late_window + 2
+
+    def _serve_range(self, peer: bytes, req: RangeRequest, out: list) -> None:
+        """Records of sealed steps only; the reply's ``last`` says how far we have sealed."""
+        last = max(req.first, min(req.last, self.sealed))
+        if req.first < last and req.first < self.sealed - self._keep() + 1:
+            out.append(ServeRange(peer, req.first, last))  # older than our memory: from disk
+            return
+        records = self.ledger.ordered(req.first, last)
+        chunks = [records[i:i + MAX_BATCH] for i in range(0, len(records), MAX_BATCH)] or [[]]
+        for i, chunk in enumerate(chunks):
+            out.append(Send(peer, RangeReply(req.first, last, i < len(chunks) - 1, tuple(chunk))))
+
+    def _ask_range(self, peer: bytes, first: int, last: int, purpose: str, out: list) -> _Range:
+        req = _Range(peer, first, min(last, first + MAX_RANGE), self.now + self.cfg.range_timeout, purpose)
+        out.append(Send(peer, RangeRequest(req.first, req.last)))
+        return req
+
+    def _range_reply(self, peer: bytes, reply: RangeReply, out: list) -> None:
+        pending = [r for r in [self._range, *self._standing_ranges] if r is not None and r.peer == peer
+                   and r.first == reply.first and reply.last <= r.last]
+        if not pending:
+            self._blame(peer, "range reply nobody asked for", out)
+            return
+        req = pending[0]
+        req.last = reply.last
+        for record in reply.records:
+            try:
+                self._verify(self.spec, record)
+            except ProtocolError as exc:
+                self._blame(peer, f"inadmissible record in a range ({exc})", out)
+                continue
+            req.records.append(record)
+        if reply.more:
+            req.deadline = self.now + self.cfg.range_timeout
+            return
+        if req is self._range:
+            self._range = None
+            if req.purpose == "heal":
+                self._heal_fetched(req, out)
+            else:  # catch-up: the source's sealed records of those steps, with what we hold
+                self._records(req.peer, req.records, out, fetched=(req.first, req.last))
+                for step in range(max(self.horizon, req.first), req.last):
+                    self._issue_seal(step, out)
+        else:
+            self._standing_ranges.remove(req)
+            self._standing_done.append(req)
+            self._maybe_join_by_checkpoint(out)
+
+    # ===================================================================================== rounds
+    def _new_round(self, step: int) -> None:
+        """Expected authors: those applied in the last two steps (one missed deadline does not
+        make a peer forgotten), neighbours that say they train, and ourselves."""
+        expected = {r.machine for s in (step - 1, step - 2) if s >= 0 for r in self.ledger.applicable(s)}
+        fresh = not expected  # no history yet (a new swarm): every linked peer will train
+        expected |= {p for p, link in self.gossip.links.items()
+                     if link.status is not None and (link.status.training or fresh)}
+        if self.cfg.training:
+            expected.add(self.me)
+        expected -= self.departed.keys()
+        expected = {m for m in expected if self.ledger.banned_from(m) is None}
+        present = {r.machine for r in self.ledger.applicable(step)}
+        ahead: set[bytes] = set()
+        for s in range(step + 1 + self.spec.delay, self.horizon + self.spec.future_window + 1):
+            ahead |= {r.machine for r in self.ledger.applicable(s)}
+        self.round = _Round(step, self.now, expected, expected - present, ahead & expected)
+        self._round_starts[step] = self.now
+        for old in [s for s in self._round_starts if s < step - self.spec.late_window]:
+            del self._round_starts[old]
+        if present - {self.me}:
+            self.round.first_seen = self.now
+
+    def _round_saw(self, record: Record, outcome: str) -> None:
+        started = self._round_starts.get(record.step)
+        if started is not None and record.machine != self.me:
+            self._arrivals.append(max(0.0, self.now - started))
+        rnd = self.round
+        if rnd is None:
+            return
+        if outcome == EQUIVOCATION:  # its records are void from that step on: stop waiting for it
+            rnd.missing.discard(record.machine)
+            rnd.expected.discard(record.machine)
+            return
+        if record.step == rnd.step:
+            rnd.missing.discard(record.machine)
+            rnd.expected.add(record.machine)
+            if rnd.first_seen is None:
+                rnd.first_seen = self.now
+        elif record.step >= rnd.step + 1 + self.spec.delay and record.machine in rnd.expected:
+            rnd.ahead.add(record.machine)
+        elif rnd.step - 2 <= record.step < rnd.step and record.machine not in rnd.expected:
+            # a late author is alive: wait for it this round too
+            rnd.expected.add(record.machine)
+            if not any(r.machine == record.machine for r in self.ledger.applicable(rnd.step)):
+                rnd.missing.add(record.machine)
+
+    def _round_wait(self) -> float:
+        if len(self._arrivals) < 16:
+            return max(self.cfg.first_wait, 2.0 * self.step_time + 0.25)
+        ordered = sorted(self._arrivals)
+        p95 = ordered[int(0.95 * (len(ordered) - 1))]
+        return min(max(1.5 * p95 + 0.25, self.cfg.min_wait), self.cfg.max_wait)
+
+    def _maybe_compute(self, out: list) -> None:
+        if not self.cfg.training or self.computing is not None:
+            return
+        for step in range(self.horizon, min(self.horizon + self.spec.delay + 1, self.cfg.target)):
+            if step not in self.own:
+                self.computing = step
+                out.append(Compute(step))
+                return
+
+    def _try_seal(self, out: list) -> None:
+        while self.phase == "train" and not self._busy and self.horizon < self.cfg.target:
+            if self.round is None or self.round.step != self.horizon:
+                self._new_round(self.horizon)
+            rnd = self.round
+            self._maybe_compute(out)
+            others = len(rnd.expected - {self.me})
+            moved_on = others > 0 and 2 * len(rnd.ahead - {self.me}) >= others
+            if not moved_on:
+                if self.cfg.training and rnd.step not in self.own:
+                    return
+                start = rnd.first_seen if rnd.first_seen is not None else rnd.started
+                if rnd.missing and self.now < start + self._round_wait():
+                    return
+            if rnd.missing and not moved_on:
+                out.append(Log("round_deadline", {"step": rnd.step, "missing": len(rnd.missing)}))
+            self._issue_seal(rnd.step, out)
+
+    def _issue_seal(self, step: int, out: list) -> None:
+        out.append(Seal(step, tuple(self.ledger.at(step))))
+        self.horizon = step + 1
+        self.own.pop(step, None)
+
+    def _record_ready(self, record: Record, seconds: float, out: list) -> None:
+        self.computing = None
+        self.step_time = seconds if not self.step_time else 0.7 * self.step_time + 0.3 * seconds
+        if record.step < self.horizon or self.phase not in ("train", "barrier"):
+            out.append(Log("stale_record", {"step": record.step, "sealed": self.horizon}))
+            return  # the swarm sealed that step without us: publishing it would only cause rebuilds
+        if self.ledger.add(record) != NEW:
+            return
+        self.own[record.step] = record
+        self.gossip.learned(record, record.rid, None, own=True)
+        self._round_saw(record, NEW)
+
+    def _step_sealed(self, step: int, digest: bytes | None, out: list) -> None:
+        if step + 1 <= self.sealed:
+            return
+        self.sealed = step + 1
+        applied = self.ledger.applicable(step)
+        self.records_applied += len(applied)
+        self.standing.sealed(step, (r.machine for r in applied))
+        if digest is not None:
+            self.digests[self.sealed] = digest
+        self._forget()
+        out.append(Log("step", {"step": step, "records": len(applied), "peers": len(self.gossip.links) + 1,
+                                "digest": digest.hex() if digest else None}))
+        settled = self.sealed - self.spec.late_window - 1
+        if settled > 0 and settled % self.spec.digest_every == 0 and settled not in self._voted:
+            self._to_cast.add(settled)
+
+    def _forget(self) -> None:
+        low = self.sealed - self._keep()
+        if low <= 0:
+            return
+        self.gossip.forget_before(low)
+        self.votes.forget_before(low - 8 * self.spec.digest_every)
+        steps = self.ledger.steps()
+        if steps and steps[0] < low - 16:  # trimmed in batches
+            self.ledger = Ledger(self.ledger.ordered(low))
+
+    # ============================================================================= late records
+    def _flush_late(self, out: list, force: bool = False) -> None:
+        """Apply admitted late records by one rebuild, at most every rebuild_every steps (or
+        now, when a vote or the finish needs the replica exact)."""
+        if not self._late or self._busy:
+            return
+        if not force and self.horizon < self._last_rebuild + self.cfg.rebuild_every:
+            return
+        self._last_rebuild = self.horizon
+        late, self._late = self._late, []
+        first = min(r.step for r in late)
+        self.late_applied += len(late)
+        self._busy += 1
+        out.append(Rebuild(first, tuple(late)))
+        out.append(Log("late", {"records": len(late), "first_step": first}))
+
+    def _rebuilt(self, event: Rebuilt, out: list) -> None:
+        self._busy = max(0, self._busy - 1)
+        self.digests.update(event.digests)
+        if self._heal is not None and self._heal.stage == "rebuild":
+            self._heal_rebuilt(out)
+
+    # ================================================================================== healing
+    def _cast_due(self, out: list) -> None:
+        """Vote on settled digest steps, once late records of those steps are applied."""
+        for step in sorted(self._to_cast):
+            if any(r.step < step for r in self._late):
+                self._flush_late(out, force=True)
+                return
+            if self._busy:
+                return
+            self._to_cast.discard(step)
+            self._cast(step, out)
+            self._tallies[step] = self.now + self.cfg.vote_grace + self._round_wait()
+
+    def _tally_due(self, out: list) -> None:
+        for step, when in sorted(self._tallies.items()):
+            if self.now < when or self._busy or self._heal is not None or self._range is not None:
+                continue
+            del self._tallies[step]
+            self._act_on(self.votes.tally(step, self.standing, self.digests.get(step), self.me), out)
+
+    def _act_on(self, tally: Tally, out: list) -> None:
+        mine = self.digests.get(tally.step)
+        if tally.split:
+            out.append(Log("split", {"step": tally.step, "leading_weight": tally.weight, "total": tally.total}))
+            return
+        if tally.winner is None or tally.winner == mine:
+            if tally.winner is not None:
+                self._agreed = max(self._agreed, tally.step)
+            return
+        if not tally.supporters:
+            return
+        self.heals += 1
+        self._heal = _Heal(tally.step, tally.winner, tally.supporters, self._agreed, self.now)
+        out.append(Log("heal", {"step": tally.step, "mine": mine.hex() if mine else None, "winner": tally.winner.hex(),
+                                "weight": tally.weight, "total": tally.total, "from_step": self._agreed}))
+        self._heal_fetch(out)
+
+    def _heal_fetch(self, out: list) -> None:
+        heal = self._heal
+        peers = [p for p in heal.supporters if p in self.gossip.links]
+        if not peers:
+            for p in heal.supporters[:2]:
+                if p not in self._dialing:
+                    self._dialing[p] = self.now
+                    out.append(Connect(p))
+            heal.stage = "wait_link"
+            return
+        heal.stage = "fetch"
+        heal.records = []
+        self._range = self._ask_range(peers[0], heal.first, heal.step, "heal", out)
+
+    def _heal_fetched(self, req: _Range, out: list) -> None:
+        heal = self._heal
+        if heal is None:
+            return
+        heal.records.extend(req.records)
+        if req.first < req.last < heal.step:
+            self._range = self._ask_range(req.peer, req.last, heal.step, "heal", out)
+            return
+        if req.last < heal.step:  # the supporter cannot serve the disputed steps
+            out.append(Log("healed", {"step": heal.step, "how": "failed", "ok": False}))
+            self._heal = None
+            return
+        heal.stage = "rebuild"
+        self._busy += 1
+        trusted = {heal.first: self.digests[heal.first]} if heal.first in self.digests else {}
+        out.append(Rebuild(heal.first, tuple(heal.records), replace=True, last=heal.step, trusted=trusted))
+        kept = [r for r in self.ledger.ordered() if not heal.first <= r.step < heal.step]
+        kept += [r for r in heal.records if r.step >= self.sealed - self._keep()]
+        self.ledger = Ledger(kept)
+        for r in kept:
+            self.gossip.note(r.rid, r.step)
+
+    def _heal_rebuilt(self, out: list) -> None:
+        heal = self._heal
+        if self.digests.get(heal.step) == heal.winner:
+            self._healed("ledger", out)
+            return
+        heal.stage = "checkpoint"
+        self._busy += 1
+        out.append(FetchCheckpoint(heal.step, heal.winner, heal.supporters, self.sealed))
+
+    def _checkpoint_installed(self, event: CheckpointInstalled, out: list) -> None:
+        self._busy = max(0, self._busy - 1)
+        heal = self._heal
+        if heal is not None and heal.stage == "checkpoint":
+            if event.ok:
+                self.digests[heal.step] = heal.winner
+                self._healed("checkpoint", out)
+            else:
+                out.append(Log("healed", {"step": heal.step, "how": "failed", "ok": False}))
+                self._heal = None
+            return
+        if self.phase == "join_checkpoint":
+            if event.ok:
+                self.sealed = self.horizon = event.step
+                self.digests[event.step] = self._join_digest
+                self._agreed = event.step
+                self.ledger = Ledger(self.ledger.ordered(event.step))
+                out.append(Log("checkpoint_installed", {"step": event.step}))
+            else:
+                out.append(Log("checkpoint_failed", {"step": event.step}))
+            self.phase = "sync"
+
+    def _healed(self, how: str, out: list) -> None:
+        heal = self._heal
+        self._heal = None
+        self._agreed = max(self._agreed, heal.step)
+        self.revision += 1
+        out.append(Log("healed", {"step": heal.step, "how": how, "ok": True}))
+        self._cast(heal.step, out)
+
+    # ===================================================================================== join
+    def _frontier(self) -> int:
+        """Where the swarm is: the lower median of our neighbours' sealed steps (only those
+        with standing, when we know any), so liars in a minority cannot move it."""
+        statuses = [(p, link.status) for p, link in self.gossip.links.items() if link.status is not None]
+        trusted = [st.sealed for p, st in statuses if self.standing(p) > 0]
+        values = sorted(trusted or [st.sealed for _, st in statuses])
+        return values[(len(values) - 1) // 2] if values else self.horizon
+
+    def _start(self, out: list) -> None:
+        """Decide how to enter the swarm once discovery and neighbours have said where it is."""
+        heard = sum(1 for link in self.gossip.links.values() if link.status is not None)
+        waited = self.now - self.started
+        if not self._discovered and waited < self.cfg.start_timeout:
+            return
+        if not self.known and not self.gossip.links:
+            self.phase = "barrier"  # the first peer of a swarm
+            return
+        if heard == 0 and waited < self.cfg.start_timeout:
+            return  # links are coming up
+        self._enter(heard, out)
+
+    def _enter(self, heard: int, out: list) -> None:
+        frontier = self._frontier()
+        if frontier <= self.horizon + 1:
+            self.phase = "barrier" if self.horizon == 0 else "train"
+            return
+        out.append(Log("joining", {"frontier": frontier, "sealed": self.sealed, "by": self.cfg.join_by, "peers": heard}))
+        if self.cfg.join_by == "checkpoint" and self.sealed == 0:
+            self._begin_checkpoint_join(frontier, out)
+        else:
+            self.phase = "sync"
+
+    def _begin_checkpoint_join(self, frontier: int, out: list) -> None:
+        """Learn who has standing from the last steps as a majority of neighbours report them
+        (one liar cannot invent standing for its Sybils), then fetch the checkpoint that
+        those peers' votes vouch for."""
+        self.phase = "join_standing"
+        self._standing_done = []
+        first = max(0, frontier - self.cfg.standing_window)
+        sources = sorted(p for p, link in self.gossip.links.items() if link.status and link.status.sealed >= frontier)
+        self.rng.shuffle(sources)
+        self._join_deadline = self.now + self.cfg.range_timeout
+        self._standing_ranges = [self._ask_range(p, first, frontier, "standing", out) for p in sources[:3]]
+        if not self._standing_ranges:
+            self.phase = "sync"
+
+    def _maybe_join_by_checkpoint(self, out: list) -> None:
+        if self.phase != "join_standing" or (self._standing_ranges and self.now < self._join_deadline):
+            return
+        replies, self._standing_ranges = self._standing_done, []
+        need = len(replies) // 2 + 1
+        seen: Counter[tuple[int, bytes, bytes]] = Counter()
+        for reply in replies:
+            seen.update({(r.step, r.machine, r.rid) for r in reply.records})
+        history: dict[int, list[bytes]] = {}
+        for (step, machine, _), n in seen.items():
+            if n >= need:
+                history.setdefault(step, []).append(machine)
+        self.standing.reset([(s, tuple(ms)) for s, ms in history.items()])
+        for step in sorted({v.step for v in self.votes.recent(0)}, reverse=True):
+            if step % self.cfg.checkpoint_every:
+                continue
+            tally = self.votes.tally(step, self.standing)
+            if tally.winner is not None and tally.supporters:
+                self.phase = "join_checkpoint"
+                self._join_digest = tally.winner
+                self._busy += 1
+                out.append(FetchCheckpoint(step, tally.winner, tally.supporters, step))
+                out.append(Log("join_checkpoint", {"step": step, "digest": tally.winner.hex(), "weight": tally.weight,
+                                                   "total": tally.total}))
+                return
+        out.append(Log("join_replay", {"reason": "no checkpoint that peers with standing vouch for"}))
+        self.phase = "sync"
+
+    def _sync(self, out: list) -> None:
+        """Catch up: fetch and seal the steps the swarm has sealed and we have not."""
+        frontier = min(self._frontier(), self.cfg.target)
+        if self.horizon >= frontier:
+            if self._range is None and not self._busy:
+                self.phase = "barrier" if self.horizon == 0 else "train"
+                out.append(Log("joined", {"step": self.horizon}))
+            return
+        if self._range is not None or self._busy:
+            return
+        sources = [p for p, link in self.gossip.links.items() if link.status and link.status.sealed > self.horizon]
+        if sources:
+            sources.sort(key=lambda p: (-self.standing(p), -self.gossip.links[p].status.sealed, p))
+            self._range = self._ask_range(sources[0], self.horizon, frontier, "catchup", out)
+
+    def _barrier(self, out: list) -> None:
+        """A fresh swarm starts when min_peers peers are linked; a swarm already under way is
+        joined where it is."""
+        statuses = [link.status for link in self.gossip.links.values() if link.status is not None]
+        if any(st.sealed > self.horizon + 1 for st in statuses):
+            self._enter(len(statuses), out)
+            if self.phase != "barrier":
+                return
+        started = any(st.training or st.sealed > 0 for st in statuses)
+        if 1 + len(statuses) >= self.cfg.min_peers or started:
+            self.phase = "train"
+            out.extend(Send(peer, self._status()) for peer in self.gossip.links)
+
+    # ==================================================================================== finish
+    def _finish(self, out: list) -> None:
+        target = self.cfg.target
+        if self.phase == "train" and self.sealed >= target and self.horizon >= target and not self._busy:
+            self.phase = "finish"
+            self._final_at = self.now + self._round_wait() + self.cfg.vote_grace
+            out.extend(Send(peer, self._status()) for peer in self.gossip.links)
+        if self.phase != "finish" or self._busy or self._heal is not None or self._range is not None:
+            return
+        if self._final_voted_at is None:
+            if self.now < self._final_at:
+                return
+            self._flush_late(out, force=True)
+            if self._busy:
+                return
+            self._cast(target, out)
+            self._final_voted_at = self.now
+            return
+        waiting = [p for p in self.gossip.links if self.standing(p) > 0 and p not in self.votes.of(target)]
+        if waiting and self.now - self._final_voted_at < self.cfg.finish_timeout:
+            return
+        tally = self.votes.tally(target, self.standing, self.digests.get(target), self.me)
+        if tally.winner is not None and tally.winner != self.digests.get(target) and not self._final_healed:
+            self._final_healed = True
+            self._act_on(tally, out)
+            return
+        if tally.split:
+            out.append(Log("split", {"step": target, "leading_weight": tally.weight, "total": tally.total}))
+        self.phase = "done"
+        out.append(Finished(self.summary()))
+
+    def summary(self) -> dict:
+        return {"step": self.sealed, "phase": self.phase, "heals": self.heals, "late_records": self.late_applied,
+                "records_applied": self.records_applied, "rejected": sum(self.reasons.values()),
+                "rejected_reasons": dict(self.reasons),
+                "rejected_from": {p.hex(): n for p, n in self.rejects_from.most_common(16)},
+                "rejected_of": {p.hex(): n for p, n in self.rejects_of.most_common(16)},
+                "digest": self.digests[self.sealed].hex() if self.sealed in self.digests else None,
+                "links": len(self.gossip.links), "revision": self.revision}
+
+    # ================================================================================== advance
+    def _advance(self, out: list) -> None:
+        """Whatever the new state allows: timers, phase changes, sealing, flushing queues."""
+        now = self.now
+        self._maintain_links(out)
+        if self._range is not None and now > self._range.deadline:
+            stale, self._range = self._range, None
+            out.append(Log("range_timeout", {"peer": stale.peer.hex(), "first": stale.first, "last": stale.last}))
+            if stale.purpose == "heal":
+                self._heal = None
+        self._standing_ranges = [r for r in self._standing_ranges if now <= r.deadline and r.peer in self.gossip.links]
+        if self.phase == "join_standing":
+            self._maybe_join_by_checkpoint(out)
+        if self.phase == "start":
+            self._start(out)
+        if self.phase == "sync":
+            self._sync(out)
+        if self.phase == "barrier":
+            self._barrier(out)
+        if self.phase == "train":
+            frontier = self._frontier()
+            if frontier > self.horizon + 1 + self.spec.delay and not self._busy:
+                out.append(Log("behind", {"sealed": self.horizon, "frontier": frontier}))
+                self.phase = "sync"
+                self._sync(out)
+            else:
+                self._try_seal(out)
+        self._flush_late(out)
+        self._cast_due(out)
+        heal = self._heal
+        if heal is not None and heal.stage == "wait_link":
+            if any(p in self.gossip.links for p in heal.supporters):
+                self._heal_fetch(out)
+            elif now - heal.started > self.cfg.range_timeout:
+                out.append(Log("healed", {"step": heal.step, "how": "unreachable", "ok": False}))
+                self._heal = None
+        self._tally_due(out)
+        self._finish(out)
+        out.extend(Send(p, m) for p, m in self.gossip.flush(now))
+        if now >= self._next_status:
+            self._next_status = now + self.cfg.status_interval
+            status = self._status()
+            out.extend(Send(p, status) for p in self.gossip.links)
+        if now >= self._next_peers and self.gossip.links:
+            self._next_peers = now + self.cfg.peers_interval
+            for p in self.gossip.links:
+                sample = self._sample_known(8, exclude=p)
+                if sample:
+                    out.append(Send(p, Peers(tuple(sample))))

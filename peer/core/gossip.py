@@ -1,0 +1,194 @@
+"""Dissemination over a bounded-degree overlay: which records go to which neighbour, when.
+
+A record reaches every replica by flooding over *links* (long-lived streams to a bounded
+number of neighbours), with the per-peer work per step independent of the swarm's size:
+
+- **eager push**: a peer's own record goes whole to every neighbour at once; a record it
+  learns from others goes whole to ``eager`` random neighbours that are not known to hold it;
+- **lazy push**: every other neighbour that is not known to hold the record gets its 16-byte
+  id in the ``have`` list of the next frame; a neighbour that lacks it puts the id in the
+  ``want`` list of its next frame, answered with the record; a want that is not answered in
+  ``want_timeout`` goes to another neighbour that announced the same id;
+- **batching**: everything for one neighbour (records, haves, wants) travels in one
+  ``gossip`` frame, at most one frame per ``frame_interval`` per link (own records and
+  answers to wants go at once when the link has been idle that long), so frames per peer per
+  step are bounded by degree x round time / frame_interval, whatever the swarm's size;
+- **duplicate suppression**: per link, ids the neighbour sent us or we sent it are never
+  sent to it again, and no record is sent to its own author; ids expire with their step.
+
+Anti-entropy for what was missed entirely (a partition, a restart, a newcomer) is a range
+request (core.py), not a per-record exchange. This module decides; it holds no sockets and
+no clock of its own (times come in).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ...protocol.messages import MAX_BATCH, Gossip as GossipFrame
+from ...protocol.records import Record
+
+
+@dataclass
+class Link:
+    peer: bytes
+    since: float
+    last_heard: float
+    known: set[bytes] = field(default_factory=set)                 # rids the neighbour holds
+    records: dict[bytes, Record] = field(default_factory=dict)     # to push (ordered)
+    have: dict[bytes, None] = field(default_factory=dict)          # to announce
+    want: dict[bytes, None] = field(default_factory=dict)          # to ask for
+    urgent: bool = False                                           # send as soon as the throttle allows
+    last_frame: float = -1e9
+    status: object | None = None                                   # its latest Status
+    window_start: float = 0.0                                      # rate accounting (one-second windows)
+    window_messages: int = 0
+
+
+@dataclass
+class _Wanted:
+    peer: bytes
+    deadline: float
+    holders: list[bytes]
+
+
+class Gossip:
+    def __init__(self, rng: random.Random, eager: int, frame_interval: float, want_timeout: float) -> None:
+        self.rng = rng
+        self.eager = eager
+        self.frame_interval = frame_interval
+        self.want_timeout = want_timeout
+        self.links: dict[bytes, Link] = {}
+        self._wanted: dict[bytes, _Wanted] = {}
+        self._rid_step: dict[bytes, int] = {}
+        self._by_step: dict[int, list[bytes]] = {}
+
+    # --- links ------------------------------------------------------------------------------
+    def add_link(self, peer: bytes, now: float) -> Link:
+        link = self.links.get(peer)
+        if link is None:
+            link = self.links[peer] = Link(peer, now, now)
+        return link
+
+    def drop_link(self, peer: bytes) -> None:
+        self.links.pop(peer, None)
+
+    # --- records ----------------------------------------------------------------------------
+    def note(self, rid: bytes, step: int) -> None:
+        if rid not in self._rid_step:
+            self._rid_step[rid] = step
+            self._by_step.setdefault(step, []).append(rid)
+
+    def step_of(self, rid: bytes) -> int | None:
+        return self._rid_step.get(rid)
+
+    def mark_known(self, peer: bytes, rid: bytes) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            link.known.add(rid)
+
+    def learned(self, record: Record, rid: bytes, source: bytes | None, own: bool) -> None:
+        """A record new to us: queue it whole for the eager set, by id for the others."""
+        self.note(rid, record.step)
+        self._wanted.pop(rid, None)
+        if source is not None and source in self.links:
+            self.links[source].known.add(rid)
+        targets = [link for peer, link in self.links.items()
+                   if peer != source and peer != record.machine and rid not in link.known]
+        if not own and len(targets) > self.eager:
+            eager = self.rng.sample(targets, self.eager)
+            chosen = {id(link) for link in eager}
+            for link in targets:
+                if id(link) not in chosen:
+                    link.have[rid] = None
+            targets = eager
+        for link in targets:
+            link.records[rid] = record
+            link.known.add(rid)
+            link.urgent = link.urgent or own
+
+    def heard_of(self, peer: bytes, rids, holds, now: float) -> None:
+        """A neighbour announced ids: ask it for those we lack and nobody is asked for yet."""
+        link = self.links.get(peer)
+        if link is None:
+            return
+        for rid in rids:
+            link.known.add(rid)
+            if holds(rid):
+                continue
+            wanted = self._wanted.get(rid)
+            if wanted is None:
+                self._wanted[rid] = _Wanted(peer, now + self.want_timeout, [])
+                link.want[rid] = None
+                link.urgent = True
+            elif peer != wanted.peer and peer not in wanted.holders:
+                wanted.holders.append(peer)
+
+    def answer(self, peer: bytes, records: list[Record]) -> None:
+        """Records a neighbour asked for."""
+        link = self.links.get(peer)
+        if link is None:
+            return
+        for record in records:
+            link.records[record.rid] = record
+            link.known.add(record.rid)
+        link.urgent = link.urgent or bool(records)
+
+    def _retry(self, now: float) -> None:
+        """Wants that timed out, re-addressed to another neighbour that announced the id."""
+        for rid, wanted in list(self._wanted.items()):
+            if now < wanted.deadline:
+                continue
+            holders = [h for h in wanted.holders if h in self.links]
+            if not holders:
+                del self._wanted[rid]
+                continue
+            peer = holders.pop(0)
+            self._wanted[rid] = _Wanted(peer, now + self.want_timeout, holders)
+            self.links[peer].want[rid] = None
+            self.links[peer].urgent = True
+
+    def flush(self, now: float) -> list[tuple[bytes, GossipFrame]]:
+        """Frames due now: per link at most one per frame_interval; announcements wait for the
+        interval, records and wants go as soon as the throttle allows."""
+        self._retry(now)
+        out: list[tuple[bytes, GossipFrame]] = []
+        for peer, link in self.links.items():
+            if not (link.records or link.have or link.want):
+                continue
+            if now - link.last_frame < self.frame_interval:
+                continue
+            if not link.urgent and now - link.last_frame < 2 * self.frame_interval and not link.records and not link.want:
+                continue  # announcements alone: wait a little for more to batch
+            records = list(link.records.values())
+            have = [r for r in link.have if r not in link.known]
+            want = list(link.want)
+            link.records.clear()
+            link.have.clear()
+            link.want.clear()
+            link.known.update(have)
+            link.urgent = False
+            link.last_frame = now
+            for i in range(0, max(len(records), len(have), len(want)), MAX_BATCH):
+                out.append((peer, GossipFrame(tuple(records[i:i + MAX_BATCH]), tuple(have[i:i + MAX_BATCH]),
+                                              tuple(want[i:i + MAX_BATCH]))))
+        return out
+
+    def forget_before(self, step: int) -> None:
+        """Drop the bookkeeping of records of steps < step (they can no longer be admitted)."""
+        old = [s for s in self._by_step if s < step]
+        if not old:
+            return
+        gone: set[bytes] = set()
+        for s in old:
+            gone.update(self._by_step.pop(s))
+        for rid in gone:
+            self._rid_step.pop(rid, None)
+            self._wanted.pop(rid, None)
+        for link in self.links.values():
+            link.known -= gone
+            for rid in gone & link.have.keys():
+                del link.have[rid]
+            for rid in gone & link.records.keys():
+                del link.records[rid]

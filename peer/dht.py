@@ -1,0 +1,265 @@
+"""The DHT adapter: hivemind's DHT for rendezvous, member status and the swarm directory.
+
+Only this module (with peer/transport.py) knows hivemind. It gives the node:
+
+- ``SwarmDHT.start(...)``: a hivemind DHT node (its p2pd shares our Ed25519 identity) whose
+  validators include ``Ed25519EntryValidator``: an entry under a subkey marked
+  ``[ss2:<machine hex>]`` must carry that machine's Ed25519 signature over the DHT key, the
+  subkey, the value and its expiration, so nobody can write, replace or extend another
+  peer's entry (like hivemind's RSASignatureValidator, with 64-byte signatures);
+- ``store`` / ``entries``: signed seedswarm entries (protocol/directory.py) in and validated
+  entries out, each checked to sit under the only key it may sit under;
+- ``members`` (discovery), ``register`` (bounded member buckets), ``publish_spec``,
+  ``fetch_spec`` and ``announce``.
+
+Two functions run inside hivemind's DHT process and reach into its private API
+(``node.protocol``, the routing table, ``call_store``): ``_store_near`` and ``_get_many``.
+tests/test_dht_adapter.py pins them to the hivemind version in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+from functools import partial
+
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils import MSGPackSerializer, get_dht_time
+
+from ..protocol.directory import (BUCKET_CAP, DIRECTORY_KEY, MEMBER_BUCKETS, Announcement, Entry, MemberInfo, decode_entry,
+                                  encode_entry, entry_key, member_bucket, member_key, spec_key)
+from ..protocol.errors import ProtocolError
+from ..protocol.identity import DHT_DOMAIN, SIGNATURE_BYTES, Signer, check_machine_id, verify_by
+from ..protocol.spec import SwarmSpec
+from .process import ReapedDHT
+
+logger = logging.getLogger("seedswarm.dht")
+
+HIVEMIND_TESTED = "1.1.12"
+_MARKER = re.compile(rb"\[ss2:([0-9a-f]{76})\]")
+_SIG_OPEN, _SIG_CLOSE = b"[ss2sig:", b"]"
+_SIG_LEN = len(_SIG_OPEN) + SIGNATURE_BYTES + len(_SIG_CLOSE)
+
+
+def owner_subkey(machine: bytes) -> bytes:
+    return b"[ss2:" + machine.hex().encode() + b"]"
+
+
+class Ed25519EntryValidator(RecordValidatorBase):
+    """Protects subkeys marked ``[ss2:<machine hex>]``: only that machine may write them.
+
+    A protected value ends with ``[ss2sig:<64-byte signature>]``, the owner's signature of
+    ``DHT_DOMAIN || msgpack((key, subkey, value without signature, expiration))``."""
+
+    def __init__(self, signer: Signer | None = None) -> None:
+        self._signer = signer
+
+    @staticmethod
+    def _owner(record: DHTRecord) -> bytes | None:
+        found = _MARKER.findall(record.subkey or b"") + _MARKER.findall(record.key)
+        if not found:
+            return None
+        if len(set(found)) > 1:
+            raise ProtocolError("two different owners")
+        return check_machine_id(bytes.fromhex(found[0].decode()))
+
+    @staticmethod
+    def _message(record: DHTRecord) -> bytes:
+        return DHT_DOMAIN + MSGPackSerializer.dumps(dataclasses.astuple(record))
+
+    def validate(self, record: DHTRecord) -> bool:
+        try:
+            owner = self._owner(record)
+            if owner is None:
+                return True  # not a protected seedswarm entry
+            value = record.value
+            if len(value) < _SIG_LEN or not value.endswith(_SIG_CLOSE) or value[-_SIG_LEN:][:len(_SIG_OPEN)] != _SIG_OPEN:
+                return False
+            signature = value[-_SIG_LEN + len(_SIG_OPEN):-len(_SIG_CLOSE)]
+            verify_by(owner, self._message(dataclasses.replace(record, value=value[:-_SIG_LEN])), signature)
+            return True
+        except (ProtocolError, ValueError):
+            return False
+
+    def sign_value(self, record: DHTRecord) -> bytes:
+        if self._signer is None or owner_subkey(self._signer.machine) not in (record.subkey or b""):
+            return record.value
+        return record.value + _SIG_OPEN + self._signer.sign(self._message(record)) + _SIG_CLOSE
+
+    def strip_value(self, record: DHTRecord) -> bytes:
+        value = record.value
+        if len(value) >= _SIG_LEN and value.endswith(_SIG_CLOSE) and value[-_SIG_LEN:][:len(_SIG_OPEN)] == _SIG_OPEN:
+            return value[:-_SIG_LEN]
+        return value
+
+    @property
+    def priority(self) -> int:
+        return 10  # before anything that deserializes values
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return isinstance(other, Ed25519EntryValidator)
+
+
+def validators(signer: Signer | None) -> list[RecordValidatorBase]:
+    """Ours, plus hivemind's RSA validator so that entries of other applications sharing the
+    DHT keep their protection on our nodes too."""
+    return [Ed25519EntryValidator(signer), RSASignatureValidator()]
+
+
+# --- inside the DHT process (hivemind private API) -----------------------------------------------
+async def _get_many(dht, node, keys, latest):
+    """One traversal for several keys. ``latest``: merge every replica's subkeys; otherwise
+    stop at the first live copy (often this node's own: no network at all)."""
+    return await node.get_many(keys, sufficient_expiration_time=float("inf") if latest else None)
+
+
+async def _store_near(dht, node, key, subkey, value, expiration):
+    """Store one signed subkey value. hivemind's store first crawls toward the key, and every
+    node it asks answers with the key's whole dictionary; while the routing table is one
+    unsplit bucket (we know the whole DHT) the nearest nodes are already known, so the value
+    goes straight to them (the nodes hivemind would pick); larger DHTs take hivemind's crawl."""
+    table = node.protocol.routing_table
+    if sum(len(b.nodes_to_peer_id) for b in table.buckets) >= node.protocol.bucket_size:
+        return await node.store(key, value, expiration, subkey=subkey)
+    key_id = DHTID.generate(source=key)
+    candidates = table.get_nearest_neighbors(key_id, node.num_replicas, exclude=node.node_id) + [(node.node_id, None)]
+    candidates = sorted(candidates, key=lambda c: key_id.xor_distance(c[0]))[: node.num_replicas]
+    serializer = node.protocol.serializer
+    record = DHTRecord(key_id.to_bytes(), serializer.dumps(subkey), serializer.dumps(value), expiration)
+    signed = node.protocol.record_validator.sign_value(record)
+    stored, remote = False, []
+    for node_id, peer_id in candidates:
+        if peer_id is None:
+            if node.protocol.record_validator.validate(dataclasses.replace(record, value=signed)):
+                stored = node.protocol.storage.store(key_id, signed, expiration, subkey=subkey) or stored
+        else:
+            remote.append(node.protocol.call_store(peer_id, keys=[key_id], values=[signed], expiration_time=[expiration],
+                                                   subkeys=[subkey]))
+    for result in await asyncio.gather(*remote, return_exceptions=True):
+        stored = stored or (isinstance(result, list) and any(result))
+    return stored
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+def decode_found(key: str, found) -> tuple[list[tuple[bytes, Entry]], int]:
+    """hivemind's get result for ``key`` -> ([(owner machine, entry)], entries refused).
+
+    Only entries under an owner's marked subkey, valid, and under the key they name count."""
+    out, refused = [], 0
+    if found is None or not isinstance(getattr(found, "value", None), dict):
+        return out, refused
+    for subkey, item in found.value.items():
+        try:
+            match = _MARKER.fullmatch(subkey) if isinstance(subkey, bytes) else None
+            if match is None:
+                continue  # not a seedswarm entry (another application's, or unprotected junk)
+            owner = check_machine_id(bytes.fromhex(match.group(1).decode()))
+            entry = decode_entry(item.value)
+            if entry_key(entry, owner) != key:
+                raise ProtocolError("entry under a key it does not name")
+            out.append((owner, entry))
+        except ProtocolError as exc:
+            refused += 1
+            logger.debug("refused a DHT entry under %s: %s", key, exc)
+    return out, refused
+
+
+class SwarmDHT:
+    """A hivemind DHT node and seedswarm's entries in it (coroutines: call them from any
+    event loop; hivemind runs the work in its DHT process)."""
+
+    def __init__(self, dht: ReapedDHT, signer: Signer) -> None:
+        self.dht = dht
+        self.signer = signer
+        self.subkey = owner_subkey(signer.machine)
+        self.refused = 0
+
+    @classmethod
+    def start(cls, signer: Signer, identity_path: str, *, initial_peers=(), host_maddrs=(), announce_maddrs=(),
+              client_mode: bool = False, relay: bool = True, auto_relay: bool = False, **kwargs) -> "SwarmDHT":
+        dht = ReapedDHT(initial_peers=list(initial_peers), host_maddrs=list(host_maddrs) or None,
+                        announce_maddrs=list(announce_maddrs) or None, identity_path=identity_path,
+                        record_validators=validators(signer), start=True, await_ready=True, client_mode=client_mode,
+                        # hivemind checks whether the identity is in use by dialing with an RSA-only helper
+                        check_if_identity_free=False, use_relay=relay, use_auto_relay=auto_relay,
+                        # no background traffic of hivemind's caching: a get does not re-store what it found
+                        cache_nearest=0, cache_refresh_before_expiry=0, **kwargs)
+        return cls(dht, signer)
+
+    @property
+    def pid(self) -> int:
+        return self.dht.pid
+
+    def maddrs(self) -> list[str]:
+        return [str(m) for m in self.dht.get_visible_maddrs()]
+
+    async def replicate_p2p(self):
+        return await self.dht.replicate_p2p()
+
+    def shutdown(self) -> None:
+        self.dht.shutdown()
+
+    # --- entries ---------------------------------------------------------------------------
+    async def astore(self, key: str, value: bytes, ttl: float) -> bool:
+        try:
+            return bool(await self.dht.run_coroutine(
+                partial(_store_near, key=key, subkey=self.subkey, value=value, expiration=get_dht_time() + ttl),
+                return_future=True))
+        except Exception as exc:  # a failed store is retried by the next refresh
+            logger.debug("DHT store %s failed: %s", key, exc)
+            return False
+
+    async def aentries(self, keys: list[str], latest: bool = True) -> dict[str, list[tuple[bytes, Entry]]]:
+        try:
+            raw = await self.dht.run_coroutine(partial(_get_many, keys=keys, latest=latest), return_future=True)
+        except Exception as exc:
+            logger.debug("DHT get failed: %s", exc)
+            return {k: [] for k in keys}
+        out = {}
+        for key in keys:
+            out[key], refused = decode_found(key, raw.get(key))
+            self.refused += refused
+        return out
+
+    # --- swarm-level operations -----------------------------------------------------------
+    async def publish_spec(self, spec: SwarmSpec, ttl: float = 900.0) -> bool:
+        return await self.astore(spec_key(spec.swarm_id), encode_entry("spec", spec.swarm_id, spec), ttl)
+
+    async def fetch_spec(self, swarm: bytes) -> SwarmSpec | None:
+        for _, entry in (await self.aentries([spec_key(swarm)]))[spec_key(swarm)]:
+            if entry.kind == "spec" and entry.swarm == swarm:
+                return entry.value
+        return None
+
+    async def members(self, swarm: bytes, buckets: list[int] | None = None) -> dict[bytes, MemberInfo]:
+        """Live member entries of the given buckets (all by default)."""
+        keys = [member_key(swarm, b) for b in (range(MEMBER_BUCKETS) if buckets is None else buckets)]
+        found = await self.aentries(keys)
+        return {owner: e.value for key in keys for owner, e in found[key] if e.kind == "member" and e.swarm == swarm}
+
+    async def register(self, swarm: bytes, info: MemberInfo, ttl: float, force: bool = False) -> bool:
+        """Put our member entry in our bucket, unless the bucket is full (then peer exchange
+        over links still makes us known): no DHT value grows with the swarm."""
+        key = member_key(swarm, member_bucket(self.signer.machine))
+        if not force:
+            present = [o for o, e in (await self.aentries([key], latest=False))[key] if o != self.signer.machine]
+            if len(present) >= BUCKET_CAP:
+                return False
+        return await self.astore(key, encode_entry("member", swarm, info), ttl)
+
+    async def announce(self, swarm: bytes, ann: Announcement, ttl: float = 60.0) -> bool:
+        return await self.astore(DIRECTORY_KEY, encode_entry("swarm", swarm, ann), ttl)
+
+    async def directory(self) -> dict[bytes, Announcement]:
+        found = (await self.aentries([DIRECTORY_KEY]))[DIRECTORY_KEY]
+        out: dict[bytes, Announcement] = {}
+        for _, entry in found:
+            if entry.kind == "swarm":
+                best = out.get(entry.swarm)
+                if best is None or (entry.value.step, entry.value.peers) > (best.step, best.peers):
+                    out[entry.swarm] = entry.value
+        return out

@@ -1,0 +1,452 @@
+"""A deterministic in-process simulator: many swarm cores over a simulated network.
+
+Every peer runs the real ``SwarmCore`` (peer/core): the simulator only plays the roles of
+the outside world, the way peer/node.py does for a real peer:
+
+- the network: links with a one-way latency drawn per pair from a heavy-tailed internet-like
+  distribution (``NetConfig.latency``), independent loss per message, partitions, and
+  crashes; messages are the protocol's own message objects, and their bytes are counted by
+  encoding them (``protocol.messages.encode_message``);
+- the replica: a stand-in ``ChainReplica`` whose "weights" are a hash chain over the record
+  ids each step applies (ledger set semantics included), with a full ledger, checkpoints at
+  every step, and a digest as the real replica would give, so identical replicas mean
+  identical applied history;
+- time: a virtual clock and one event queue; everything random comes from one seed, so a
+  run is reproducible bit for bit.
+
+Hostile peers run a core too (to stay linked and look normal) but tamper with what it sends:
+see ``Behaviour``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol.admission import check_record, check_vote
+from ..protocol.errors import ProtocolError
+from ..protocol.identity import Signer
+from ..protocol.ledger import Ledger
+from ..protocol.messages import Gossip, Message, RangeReply, Status, Vote, Votes, encode_message
+from ..protocol.records import Record
+from ..protocol.spec import SwarmSpec
+from .core import CoreConfig, SwarmCore
+from .core.events import (CheckpointInstalled, Compute, Connect, Disconnect, FetchCheckpoint, Finished, LinkDown, LinkUp,
+                          Log, Malformed, PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send, ServeRange,
+                          StepSealed, Stop, Tick)
+
+
+# --- the world ---------------------------------------------------------------------------------
+@dataclass
+class NetConfig:
+    latency_min: float = 0.02       # one-way latency of a pair: min + a log-normal tail, capped
+    latency_median: float = 0.08
+    latency_max: float = 0.3
+    loss: float = 0.0               # probability that one message is lost
+    tick: float = 0.1               # how often each core gets a Tick
+
+
+def draw_latency(rng: random.Random, net: NetConfig) -> float:
+    """A pair's one-way latency: log-normal around the median, clipped to [min, max]."""
+    x = rng.lognormvariate(math.log(net.latency_median), 0.6)
+    return min(max(x, net.latency_min), net.latency_max)
+
+
+class ChainReplica:
+    """The stand-in for model/replica.py + the ledger file: weights are a hash chain.
+
+    ``state[s]`` is the "weights" after s sealed steps: SHA-256(state[s-1] || rids of the
+    records applied at step s-1, in canonical order). Every state is kept, so a rebuild or a
+    checkpoint at any step costs nothing; a digest is the state itself."""
+
+    def __init__(self, base: bytes) -> None:
+        self.ledger = Ledger()
+        self.states = [base]
+        self.offset = 0  # the first state we hold (a checkpoint joiner starts later)
+
+    @property
+    def sealed(self) -> int:
+        return self.offset + len(self.states) - 1
+
+    def state(self, step: int) -> bytes | None:
+        i = step - self.offset
+        return self.states[i] if 0 <= i < len(self.states) else None
+
+    def _next(self, prev: bytes, step: int) -> bytes:
+        h = hashlib.sha256(prev)
+        for r in self.ledger.applicable(step):
+            h.update(r.rid)
+        return h.digest()
+
+    def seal(self, step: int, records) -> bytes:
+        for r in records:
+            self.ledger.add(r)
+        if step != self.sealed:
+            raise RuntimeError(f"sealing step {step} at {self.sealed} sealed steps")
+        self.states.append(self._next(self.states[-1], step))
+        return self.states[-1]
+
+    def rebuild(self, first: int, records, replace: bool, last: int) -> None:
+        top = self.sealed
+        if replace:
+            kept = [r for r in self.ledger.ordered() if not first <= r.step < last]
+            self.ledger = Ledger(kept + list(records))
+        else:
+            for r in records:
+                self.ledger.add(r)
+        start = max(first, self.offset)
+        del self.states[start - self.offset + 1:]
+        for step in range(start, top):
+            self.states.append(self._next(self.states[-1], step))
+
+    def install(self, step: int, state: bytes) -> None:
+        self.states = [state]
+        self.offset = step
+        self.ledger = Ledger(self.ledger.ordered(step))
+
+
+@dataclass
+class Behaviour:
+    """What a peer does besides following the protocol (hostile peers; honest: all off)."""
+
+    wrong_sign: bool = False        # its records carry the maximum byte with a random sign
+    equivocate: bool = False        # a second, different record of each step to half its neighbours
+    far_future: bool = False        # records stamped far ahead, and statuses claiming 10^9 sealed steps
+    late_spam: bool = False         # re-signed records of old steps every step
+    junk: bool = False              # malformed frames
+    fake_votes: bool = False        # votes for digests of its choice at every digest step
+    fake_checkpoint: bool = False   # serves a checkpoint that is not what it claims
+
+    @property
+    def hostile(self) -> bool:
+        return any(vars(self).values())
+
+
+HOSTILE_MIX = [Behaviour(wrong_sign=True), Behaviour(equivocate=True), Behaviour(far_future=True),
+               Behaviour(late_spam=True), Behaviour(junk=True), Behaviour(fake_votes=True, fake_checkpoint=True)]
+
+
+@dataclass
+class SimPeer:
+    name: str
+    signer: Signer
+    core: SwarmCore
+    replica: ChainReplica
+    behaviour: Behaviour
+    compute_time: float
+    alive: bool = True
+    joined_at: float = 0.0
+    left_at: float | None = None
+    finished: bool = False
+    finished_at: float | None = None
+    summary: dict | None = None
+    busy_until: float = 0.0           # the stand-in tensor worker: one job at a time
+    record_ready_at: dict[int, float] = field(default_factory=dict)
+    seal_latency: list[float] = field(default_factory=list)
+    sent_msgs: int = 0
+    sent_bytes: int = 0
+    logs: list[tuple[float, str, dict]] = field(default_factory=list)
+
+
+class Simulation:
+    """N cores, one network, one clock. ``run(until)`` advances the world."""
+
+    def __init__(self, spec: SwarmSpec, seed: int = 0, net: NetConfig | None = None,
+                 core_config: Callable[[], CoreConfig] | None = None) -> None:
+        self.spec = spec
+        self.net = net or NetConfig()
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.core_config = core_config or CoreConfig
+        self.now = 0.0
+        self._queue: list = []
+        self._seq = 0
+        self.peers: dict[bytes, SimPeer] = {}
+        self.links: set[tuple[bytes, bytes]] = set()
+        self.partition: dict[bytes, int] | None = None
+        self._latency: dict[tuple[bytes, bytes], float] = {}
+        self._verified: dict[bytes, bool] = {}
+        self._vote_ok: dict[bytes, bool] = {}
+        self._msg_bytes: dict[int, int] = {}
+        self.base = hashlib.sha256(b"base weights" + spec.swarm_id).digest()
+        self.rendezvous: list[bytes] = []   # the DHT's member entries (bounded sample served)
+        self.joins = 0
+        self.leaves = 0
+
+    # --- shared verification (the real peer checks each record once too) -------------------------
+    def _check(self, spec: SwarmSpec, record: Record) -> Record:
+        key = record.rid + record.signature
+        ok = self._verified.get(key)
+        if ok is None:
+            try:
+                check_record(spec, record)
+                ok = True
+            except ProtocolError:
+                ok = False
+            self._verified[key] = ok
+        if not ok:
+            raise ProtocolError("bad signature or ticket")
+        return record
+
+    def _check_vote(self, spec: SwarmSpec, vote: Vote) -> Vote:
+        key = vote.body + vote.signature
+        ok = self._vote_ok.get(key)
+        if ok is None:
+            try:
+                check_vote(spec, vote)
+                ok = True
+            except ProtocolError:
+                ok = False
+            self._vote_ok[key] = ok
+        if not ok:
+            raise ProtocolError("bad vote")
+        return vote
+
+    # --- scheduling ------------------------------------------------------------------------------
+    def at(self, when: float, fn, *args) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (when, self._seq, fn, args))
+
+    def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
+        while self._queue and self._queue[0][0] <= until:
+            when, _, fn, args = heapq.heappop(self._queue)
+            self.now = when
+            fn(*args)
+            if stop is not None and stop():
+                return
+        self.now = max(self.now, until)
+
+    # --- peers -----------------------------------------------------------------------------------
+    def add_peer(self, name: str, behaviour: Behaviour | None = None, compute_time: float = 1.0,
+                 join_by: str = "checkpoint", target: int = 20, min_peers: int = 1, bootstrap: int = 8) -> SimPeer:
+        signer = Signer(hashlib.sha256(f"{self.seed}/{name}".encode()).digest())
+        cfg = self.core_config()
+        cfg.target, cfg.join_by, cfg.min_peers = target, join_by, min_peers
+        core = SwarmCore(self.spec, signer, cfg, verify=self._check, verify_vote=self._check_vote,
+                         seed=self.rng.getrandbits(64), digests={0: self.base})
+        peer = SimPeer(name, signer, core, ChainReplica(self.base), behaviour or Behaviour(), compute_time,
+                       joined_at=self.now)
+        self.peers[signer.machine] = peer
+        found = self.rng.sample(self.rendezvous, min(bootstrap, len(self.rendezvous)))
+        self.rendezvous.append(signer.machine)
+        self.at(self.now, self._feed, signer.machine, PeersFound(tuple(found)))
+        self.at(self.now + self.rng.random() * self.net.tick, self._tick, signer.machine)
+        return peer
+
+    def remove_peer(self, machine: bytes, graceful: bool) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        if graceful:
+            self._feed(machine, Stop())
+        peer.alive = False
+        peer.left_at = self.now
+        if machine in self.rendezvous:
+            self.rendezvous.remove(machine)
+        for a, b in [l for l in self.links if machine in l]:
+            self.links.discard((a, b))
+            other = b if a == machine else a
+            self.at(self.now + self._lat(a, b), self._feed, other, LinkDown(machine))
+
+    def _lat(self, a: bytes, b: bytes) -> float:
+        key = (a, b) if a < b else (b, a)
+        if key not in self._latency:
+            self._latency[key] = draw_latency(self.rng, self.net)
+        return self._latency[key]
+
+    def _reachable(self, a: bytes, b: bytes) -> bool:
+        return self.partition is None or self.partition.get(a, 0) == self.partition.get(b, 0)
+
+    def _tick(self, machine: bytes) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        self._feed(machine, Tick())
+        self.at(self.now + self.net.tick, self._tick, machine)
+
+    # --- the driver: feed a core, carry out its actions -----------------------------------------
+    def _feed(self, machine: bytes, event) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        for action in peer.core.feed(event, self.now):
+            self._act(peer, action)
+
+    def _act(self, peer: SimPeer, action) -> None:
+        me = peer.signer.machine
+        if isinstance(action, Send):
+            self._send(peer, action.peer, self._tamper(peer, action.peer, action.message))
+        elif isinstance(action, Connect):
+            other = self.peers.get(action.peer)
+            if other is not None and other.alive and self._reachable(me, action.peer):
+                lat = self._lat(me, action.peer)
+                self.links.add((me, action.peer) if me < action.peer else (action.peer, me))
+                self.at(self.now + 2 * lat, self._feed, me, LinkUp(action.peer))
+                self.at(self.now + lat, self._feed, action.peer, LinkUp(me))
+        elif isinstance(action, Disconnect):
+            key = (me, action.peer) if me < action.peer else (action.peer, me)
+            if key in self.links:
+                self.links.discard(key)
+                self.at(self.now + self._lat(me, action.peer), self._feed, action.peer, LinkDown(me))
+        elif isinstance(action, Compute):
+            start = max(self.now, peer.busy_until)
+            took = peer.compute_time * (0.9 + 0.2 * self.rng.random())
+            peer.busy_until = start + took
+            self.at(peer.busy_until, self._computed, me, action.step, took)
+        elif isinstance(action, Seal):
+            start = max(self.now, peer.busy_until)
+            peer.busy_until = start + 0.001 * (1 + len(action.records))
+            self.at(peer.busy_until, self._sealed, me, action.step, action.records)
+        elif isinstance(action, Rebuild):
+            start = max(self.now, peer.busy_until)
+            peer.busy_until = start + 0.05
+            self.at(peer.busy_until, self._rebuilt, me, action)
+        elif isinstance(action, FetchCheckpoint):
+            self.at(self.now + 0.5, self._fetch_checkpoint, me, action)
+        elif isinstance(action, ServeRange):
+            records = peer.replica.ledger.ordered(action.first, action.last)
+            for i in range(0, max(len(records), 1), 256):
+                chunk = tuple(records[i:i + 256])
+                self._send(peer, action.peer, RangeReply(action.first, action.last, i + 256 < len(records), chunk))
+        elif isinstance(action, Log):
+            peer.logs.append((self.now, action.event, action.fields))
+        elif isinstance(action, Finished):
+            peer.finished, peer.finished_at, peer.summary = True, self.now, action.summary
+
+    def _send(self, peer: SimPeer, dst: bytes, message: Message | bytes) -> None:
+        me = peer.signer.machine
+        key = (me, dst) if me < dst else (dst, me)
+        if key not in self.links or not self._reachable(me, dst):
+            return
+        size = self._size(message)
+        peer.sent_msgs += 1
+        peer.sent_bytes += size
+        if self.rng.random() < self.net.loss:
+            return
+        if isinstance(message, bytes):  # a malformed frame
+            self.at(self.now + self._lat(me, dst), self._feed, dst, Malformed(me, "junk"))
+            return
+        self.at(self.now + self._lat(me, dst), self._deliver, me, dst, message, size)
+
+    def _deliver(self, src: bytes, dst: bytes, message, size: int) -> None:
+        peer = self.peers.get(dst)
+        if peer is None or not peer.alive:
+            return
+        key = (src, dst) if src < dst else (dst, src)
+        if key not in self.links:
+            return
+        self._feed(dst, Received(src, message))
+
+    def _size(self, message) -> int:
+        if isinstance(message, bytes):
+            return len(message) + 8
+        return len(encode_message(message)) + 8  # + the 8-byte frame length
+
+    def _computed(self, machine: bytes, step: int, took: float) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        b = peer.behaviour
+        n = self.spec.samples_per_step
+        if b.wrong_sign:
+            grads = bytes(self.rng.choice((0x7F, 0x81)) for _ in range(n))
+        else:
+            grads = bytes(self.rng.choice([q & 0xFF for q in range(-20, 21)]) for _ in range(n))
+        record = Record.create(peer.signer, self.spec.swarm_id, step, 10, grads, peer.core.ticket)
+        peer.record_ready_at[step] = self.now
+        self._feed(machine, RecordReady(record, took))
+
+    def _sealed(self, machine: bytes, step: int, records) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        state = peer.replica.seal(step, records)
+        if step in peer.record_ready_at:
+            peer.seal_latency.append(self.now - peer.record_ready_at.pop(step))
+        digest = state if (step + 1) % self.spec.digest_every == 0 or step + 1 == peer.core.cfg.target else None
+        self._feed(machine, StepSealed(step, digest))
+
+    def _rebuilt(self, machine: bytes, action: Rebuild) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        replica = peer.replica
+        replica.rebuild(action.first, action.records, action.replace, action.last)
+        every = self.spec.digest_every
+        digests = {s: replica.state(s) for s in range(max(action.first, replica.offset), replica.sealed + 1)
+                   if s % every == 0 or s == peer.core.cfg.target}
+        self._feed(machine, Rebuilt(replica.sealed, {s: d for s, d in digests.items() if d is not None}))
+
+    def _fetch_checkpoint(self, machine: bytes, action: FetchCheckpoint) -> None:
+        peer = self.peers[machine]
+        if not peer.alive:
+            return
+        for source in action.peers:
+            other = self.peers.get(source)
+            if other is None or not other.alive or not self._reachable(machine, source):
+                continue
+            state = other.replica.state(action.step)
+            if other.behaviour.fake_checkpoint:
+                state = hashlib.sha256(b"fake" + (state or b"")).digest()
+            if state is None or state != action.digest:
+                continue  # the digest check a real peer makes after the download
+            replica = peer.replica
+            replica.install(action.step, state)
+            for step in range(action.step, action.replay_to):  # replay what our ledger holds
+                replica.states.append(replica._next(replica.states[-1], step))
+            self._feed(machine, CheckpointInstalled(replica.sealed, True))
+            return
+        self._feed(machine, CheckpointInstalled(action.step, False))
+
+    # --- hostile behaviour ------------------------------------------------------------------------
+    def _tamper(self, peer: SimPeer, dst: bytes, message: Message) -> Message | bytes:
+        b = peer.behaviour
+        if not b.hostile:
+            return message
+        rng = self.rng
+        if b.junk and rng.random() < 0.5:
+            return bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 64)))
+        if b.far_future and isinstance(message, Status):
+            return Status(10**9, message.flags, 0, message.step_time_ms)
+        if isinstance(message, Gossip):
+            own = [r for r in message.records if r.machine == peer.signer.machine]
+            extra = []
+            for r in own:
+                if b.equivocate and dst[-1] % 2:
+                    extra.append(Record.create(peer.signer, self.spec.swarm_id, r.step, r.scale_exp,
+                                               bytes((g + 1) % 0x7F for g in r.grads), r.ticket))
+                if b.far_future:
+                    extra.append(Record.create(peer.signer, self.spec.swarm_id, r.step + 1000, 0, r.grads, r.ticket))
+                if b.late_spam:
+                    for back in range(1, 4):
+                        if r.step >= back:
+                            extra.append(Record.create(peer.signer, self.spec.swarm_id, r.step - back, r.scale_exp,
+                                                       bytes([rng.randrange(1, 127)]) * len(r.grads), r.ticket))
+            if extra:
+                if b.equivocate:
+                    keep = [r for r in message.records if r.machine != peer.signer.machine]
+                    return Gossip(tuple(keep + extra), message.have, message.want)
+                return Gossip(message.records + tuple(extra), message.have, message.want)
+        if b.fake_votes and isinstance(message, Votes):
+            fake = [Vote.create(peer.signer, self.spec.swarm_id, v.step, hashlib.sha256(v.digest).digest(), 0,
+                                peer.core.ticket) for v in message.votes if v.machine == peer.signer.machine]
+            if fake:
+                return Votes(tuple(fake))
+        return message
+
+    # --- measurements -----------------------------------------------------------------------------
+    def honest(self, alive_only: bool = True) -> list[SimPeer]:
+        return [p for p in self.peers.values() if not p.behaviour.hostile and (p.alive or not alive_only)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

@@ -1,0 +1,211 @@
+"""Links: long-lived framed libp2p streams to overlay neighbours (hivemind's P2P streams).
+
+A link is one bidirectional libp2p stream under the protocol name ``seedswarm/2/link/<swarm
+hex>``, opened by either side and kept for as long as both want it; every frame is an 8-byte
+big-endian length and one message (protocol/messages.py). libp2p authenticates the remote
+peer id of the stream, which is the only thing ``Received.peer`` ever says.
+
+- At most one link per neighbour: when both sides dial at once, the stream dialed by the
+  smaller machine id wins on both sides.
+- Frames over ``MAX_MESSAGE_BYTES`` are refused before they are read; a frame that does not
+  decode becomes a ``Malformed`` event (the core counts it against the neighbour).
+- Each link has a bounded outbox drained by its own writer task: a neighbour that does not
+  read is dropped, never waited for by the event loop.
+
+Checkpoints travel on their own streams (``seedswarm/2/checkpoint/<swarm hex>``, see
+peer/checkpoint.py): one request, the file in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hivemind.p2p import P2P, PeerID
+
+from ..protocol.errors import ProtocolError
+from ..protocol.messages import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
+from .core.events import LinkDown, LinkUp, Malformed, Received
+
+logger = logging.getLogger("seedswarm.transport")
+
+OUTBOX_FRAMES = 4096
+DIAL_TIMEOUT = 15.0
+
+
+def link_protocol(swarm: bytes) -> str:
+    return f"seedswarm/2/link/{swarm.hex()}"
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """One length-prefixed frame, refusing frames over ``limit`` bytes before reading them."""
+    header = await reader.readexactly(P2P.HEADER_LEN)
+    length = int.from_bytes(header, P2P.BYTEORDER)
+    if length > limit:
+        raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
+    return await reader.readexactly(length)
+
+
+@dataclass(eq=False)
+class _Link:
+    peer: bytes
+    dialed_by_me: bool
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    outbox: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(OUTBOX_FRAMES))
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    closed: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Links:
+    """The node's links. ``emit(event)`` receives LinkUp / LinkDown / Received / Malformed."""
+
+    def __init__(self, p2p: P2P, swarm: bytes, me: bytes, emit: Callable[[object], None]) -> None:
+        self.p2p, self.swarm, self.me, self.emit = p2p, swarm, me, emit
+        self.name = link_protocol(swarm)
+        self._links: dict[bytes, _Link] = {}
+        self._dialing: set[bytes] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.sent_frames = 0
+        self.sent_bytes = 0
+        self._closing = False
+
+    async def start(self) -> None:
+        await self.p2p.add_binary_stream_handler(self.name, self._inbound)
+
+    def connect(self, peer: bytes) -> None:
+        if peer in self._links or peer in self._dialing or peer == self.me or self._closing:
+            return
+        self._dialing.add(peer)
+        self._spawn(self._dial(peer))
+
+    def disconnect(self, peer: bytes) -> None:
+        link = self._links.get(peer)
+        if link is not None:
+            self._close(link, announce=False)
+
+    def send(self, peer: bytes, message: Message) -> None:
+        link = self._links.get(peer)
+        if link is None or link.closed:
+            return
+        frame = encode_message(message)
+        try:
+            link.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            logger.info("dropping neighbour %s: it does not read its frames", PeerID(peer))
+            self._close(link, announce=True)
+
+    @property
+    def peers(self) -> list[bytes]:
+        return list(self._links)
+
+    async def close(self) -> None:
+        """Flush what is queued (briefly), then close every link."""
+        self._closing = True
+        links = list(self._links.values())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(link.outbox.join() for link in links)), timeout=2.0)
+        for link in links:
+            self._close(link, announce=False)
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.p2p.remove_binary_stream_handler(self.name)
+
+    # --- internals ------------------------------------------------------------------------
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _dial(self, peer: bytes) -> None:
+        try:
+            _, reader, writer = await asyncio.wait_for(self.p2p.call_binary_stream_handler(PeerID(peer), self.name),
+                                                       DIAL_TIMEOUT)
+        except Exception as exc:
+            logger.debug("could not link to %s: %r", PeerID(peer), exc)
+            return
+        finally:
+            self._dialing.discard(peer)
+        link = self._register(peer, True, reader, writer)
+        if link is not None:
+            await link.done.wait()
+
+    async def _inbound(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = self._register(info.peer_id.to_bytes(), False, reader, writer)
+        if link is not None:
+            await link.done.wait()  # the stream lives as long as this handler runs
+
+    def _register(self, peer: bytes, dialed_by_me: bool, reader, writer) -> _Link | None:
+        if self._closing or peer == self.me:
+            writer.close()
+            return None
+        existing = self._links.get(peer)
+        if existing is not None:
+            preferred = dialed_by_me == (self.me < peer)  # the stream dialed by the smaller id wins
+            if not preferred:
+                writer.close()
+                return None
+            self._close(existing, announce=False, replaced=True)
+        link = _Link(peer, dialed_by_me, reader, writer)
+        self._links[peer] = link
+        link.tasks = [self._spawn(self._read_loop(link)), self._spawn(self._write_loop(link))]
+        if existing is None:
+            self.emit(LinkUp(peer))
+        return link
+
+    async def _read_loop(self, link: _Link) -> None:
+        try:
+            while True:
+                frame = await read_frame(link.reader, MAX_MESSAGE_BYTES)
+                try:
+                    message = decode_message(frame)
+                except ProtocolError as exc:
+                    self.emit(Malformed(link.peer, str(exc)))
+                    continue
+                self.emit(Received(link.peer, message))
+        except ProtocolError as exc:  # an oversized frame: the stream cannot be resynchronised
+            self.emit(Malformed(link.peer, str(exc)))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._close(link, announce=True)
+
+    async def _write_loop(self, link: _Link) -> None:
+        try:
+            while True:
+                frame = await link.outbox.get()
+                try:
+                    await P2P.send_raw_data(frame, link.writer)
+                    self.sent_frames += 1
+                    self.sent_bytes += len(frame) + P2P.HEADER_LEN
+                finally:
+                    link.outbox.task_done()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._close(link, announce=True)
+
+    def _close(self, link: _Link, announce: bool, replaced: bool = False) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        current = asyncio.current_task()
+        for task in link.tasks:
+            if task is not current:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            link.writer.close()
+        while not link.outbox.empty():  # nothing will drain it now
+            link.outbox.get_nowait()
+            link.outbox.task_done()
+        link.done.set()
+        if self._links.get(link.peer) is link:
+            del self._links[link.peer]
+            if not replaced and not self._closing:
+                self.emit(LinkDown(link.peer))

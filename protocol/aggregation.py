@@ -1,0 +1,70 @@
+"""The step rule: a sealed step's records -> the update terms every replica applies.
+
+One place for every step-level rule (robust clipping now; normalisations later), each a
+pure function of the spec and the step's applicable records in canonical order, so every
+replica, and every replay, computes the same terms bit for bit.
+
+For the step's records r_1..r_k (canonical order) with decoded gradients g_ij (codec.py,
+exact doubles), ``spec.aggregation.clip = "median"`` with ``clip_factor`` c computes
+
+    m = the lower median of { |g_ij| }   (sorted ascending a_0..a_{K-1}: a_{(K-1) // 2})
+    b = c * m                            (double)
+    g'_ij = g_ij if |g_ij| <= b, else b if g_ij > 0, else -b
+
+so one record moves the weights at most as far as the step's median gradient (times c),
+however large its bytes. ``"none"`` keeps g' = g. The update of sample j of record r is then
+(SPEC section 7) ``coef = f32(-(lr(r.step) * g'_ij))`` with the decay of the tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .hashing import derive_seed
+from .records import Record
+from .spec import SwarmSpec
+from .util import f32
+
+
+@dataclass(frozen=True)
+class UpdateTerm:
+    """theta <- theta * decay + coef * z(seed), for every trainable tensor (decay only on
+    tensors that decay)."""
+
+    seed: int
+    coef: float    # a float32 value, held in a Python float
+    decay: float   # a float32 value
+
+
+def clip_bound(spec: SwarmSpec, values: Sequence[float]) -> float | None:
+    """The step's clip bound b, or None when the rule does not clip."""
+    if spec.aggregation.clip == "none" or not values:
+        return None
+    magnitudes = sorted(abs(v) for v in values)
+    return spec.aggregation.clip_factor * magnitudes[(len(magnitudes) - 1) // 2]
+
+
+def step_gradients(spec: SwarmSpec, records: Sequence[Record]) -> list[list[float]]:
+    """The effective gradients g' of each record (same order), per the spec's step rule."""
+    values = [r.values(spec.codec.clip) for r in records]
+    bound = clip_bound(spec, [v for vs in values for v in vs])
+    if bound is None:
+        return values
+    return [[v if abs(v) <= bound else (bound if v > 0 else -bound) for v in vs] for vs in values]
+
+
+def step_terms(spec: SwarmSpec, records: Sequence[Record]) -> list[UpdateTerm]:
+    """Update terms of one sealed step, in application order (records in canonical order,
+    samples in order). ``records`` must all be of one step and already admitted."""
+    records = sorted(records, key=lambda r: r.order_key)
+    if len({r.step for r in records}) > 1:
+        raise ValueError("step_terms takes the records of one step")
+    swarm, n = spec.swarm_id, spec.samples_per_step
+    terms = []
+    for record, grads in zip(records, step_gradients(spec, records)):
+        lr = spec.lr(record.step)
+        decay = f32(1.0 - lr * spec.weight_decay)
+        for sample, g in zip(record.samples(n), grads):
+            terms.append(UpdateTerm(derive_seed(swarm, record.machine, sample), f32(-(lr * g)), decay))
+    return terms
