@@ -95,10 +95,13 @@ class History:
         self.ledger_file = LedgerFile(path, self.spec, recover=True)
         state = self._read_state()
         self.base_step = state.get("base_step", 0)
-        recorded = {int(k): bytes.fromhex(v) for k, v in state.get("digests", {}).items()}
+        recorded = self._recorded_digests(state)
         target = max(state.get("sealed", 0), self.ledger.last_step + 1)
         opened = Opened(0, damage=list(self.ledger_file.damage))
-        start = self._load_newest_checkpoint(target, recorded)
+        # replay from the second newest checkpoint, so the ledger is checked against the newest one
+        # and every digest state.json recorded since
+        steps = sorted(s for s, _ in list_checkpoints(self.folder) if self.base_step <= s <= target)
+        start = self._load_newest_checkpoint(steps[-2] if len(steps) > 1 else target, recorded)
         self.sealed = start
         self.digests = {start: self._digest()}
         self._write_checkpoints = False  # until the ledger is proven, its replay overwrites nothing
@@ -121,6 +124,22 @@ class History:
         opened.digests = dict(self.digests)
         self._save_state()
         return opened
+
+    def _recorded_digests(self, state: dict) -> dict[int, bytes]:
+        """What this replica recorded its weights to be: state.json's digests and the digests in
+        its checkpoints' descriptions (a checkpoint's weights are checked when it is loaded)."""
+        recorded = {}
+        for step, path in list_checkpoints(self.folder):
+            try:
+                recorded[step] = bytes.fromhex(checkpoint_meta(path)["digest"])
+            except (CheckpointError, ValueError):
+                continue
+        for k, v in state.get("digests", {}).items():
+            try:
+                recorded[int(k)] = bytes.fromhex(v)
+            except (TypeError, ValueError):
+                continue
+        return recorded
 
     def _first_doubtful_step(self) -> int:
         """The earliest step a damaged region of the ledger file could have held: records are

@@ -450,3 +450,130 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# --- scenarios -------------------------------------------------------------------------------------
+@dataclass
+class Scenario:
+    """One simulated run: who takes part, what the network does, what hostile peers do."""
+
+    peers: int = 10
+    steps: int = 20
+    seed: int = 0
+    loss: float = 0.0
+    latency_median: float = 0.08
+    compute: tuple[float, float] = (0.8, 1.2)   # seconds per step, drawn per peer
+    hostile: list[Behaviour] = field(default_factory=list)
+    churn_per_minute: float = 0.0              # fraction of peers that leave (and as many join) per minute
+    partition: tuple[float, float, float] | None = None  # (start, end, fraction cut off), seconds
+    min_peers: int = 0                         # 0: min(peers, 8)
+    spec_overrides: dict = field(default_factory=dict)
+    core_overrides: dict = field(default_factory=dict)
+    timeout: float = 3600.0                    # simulated seconds
+
+
+def default_spec(**overrides) -> SwarmSpec:
+    from ..protocol.spec import ModelRef, TaskRef
+
+    return SwarmSpec(**{"name": "sim", "model": ModelRef("stand-in"), "task": TaskRef("stand-in"), "digest_every": 5,
+                        **overrides})
+
+
+def run_scenario(sc: Scenario) -> tuple[Simulation, dict]:
+    """Run a scenario to the end; returns the simulation and its measurements."""
+    spec = default_spec(**sc.spec_overrides)
+
+    def core_config() -> CoreConfig:
+        cfg = CoreConfig()
+        for k, v in sc.core_overrides.items():
+            setattr(cfg, k, v)
+        return cfg
+
+    sim = Simulation(spec, seed=sc.seed, net=NetConfig(loss=sc.loss, latency_median=sc.latency_median),
+                     core_config=core_config)
+    rng = random.Random(sc.seed + 1)
+    behaviours = list(sc.hostile) + [Behaviour()] * max(0, sc.peers - len(sc.hostile))
+    rng.shuffle(behaviours)
+    min_peers = sc.min_peers or min(sc.peers, 8)
+    counter = iter(range(10 ** 9))
+
+    def add(behaviour: Behaviour, join_by: str = "checkpoint", start: int = 1) -> SimPeer:
+        return sim.add_peer(f"p{next(counter)}", behaviour, rng.uniform(*sc.compute), join_by, sc.steps, start)
+
+    for b in behaviours:
+        add(b, "checkpoint", min_peers)
+    if sc.partition is not None:
+        start, end, fraction = sc.partition
+
+        def cut():
+            members = sorted(sim.peers)
+            rng.shuffle(members)
+            sim.partition = {m: int(i < fraction * len(members)) for i, m in enumerate(members)}
+            for a, b in list(sim.links):
+                if not sim._reachable(a, b):
+                    sim.links.discard((a, b))
+                    sim.at(sim.now, sim._feed, a, LinkDown(b))
+                    sim.at(sim.now, sim._feed, b, LinkDown(a))
+
+        def heal():
+            sim.partition = None
+
+        sim.at(start, cut)
+        sim.at(end, heal)
+    if sc.churn_per_minute:
+        def churn():
+            live = [p for p in sim.peers.values() if p.alive and not p.finished]
+            if len(live) < 3 or all(p.core.sealed >= sc.steps - 2 for p in live):
+                return
+            n = max(1, round(sc.churn_per_minute * len(live) / 6))  # every 10 s
+            for p in rng.sample(live, min(n, len(live) - 2)):
+                sim.remove_peer(p.signer.machine, graceful=rng.random() < 0.5)
+                sim.leaves += 1
+            for _ in range(n):
+                add(Behaviour(), "checkpoint" if sim.joins % 2 == 0 else "replay", 1)
+                sim.joins += 1
+            sim.at(sim.now + 10.0, churn)
+
+        sim.at(10.0, churn)
+    sim.run(sc.timeout, stop=lambda: all(p.finished or not p.alive for p in sim.honest()))
+    return sim, measure(sim, sc)
+
+
+def measure(sim: Simulation, sc: Scenario) -> dict:
+    honest = [p for p in sim.honest() if p.finished]
+    everyone = [p for p in sim.peers.values() if not p.behaviour.hostile]
+    digests = Counter(p.replica.state(sc.steps) for p in honest)
+    low = max((p.replica.offset for p in honest), default=0)
+
+    def applied(p: SimPeer) -> set[bytes]:
+        return {r.rid for s in range(low, min(sc.steps, p.replica.sealed)) for r in p.replica.ledger.applicable(s)}
+
+    accepted = set().union(*map(applied, everyone)) if everyone else set()
+    lost = set()
+    for p in honest:  # applied by some honest replica but missing from a finished honest one
+        lost |= accepted - applied(p)
+    active = everyone
+    steps = max(1, sc.steps)
+    record_bytes = statistics.fmean(
+        sum(len(r.encode()) for r in p.replica.ledger.applicable(s)) for p in honest[:1] for s in range(sc.steps)
+    ) if honest else 0.0
+    seal = [x for p in everyone for x in p.seal_latency]
+    step_times = [p.compute_time for p in everyone]
+    return {
+        "peers": sc.peers,
+        "honest_finished": len(honest),
+        "replicas_identical": len(digests) == 1 and None not in digests,
+        "distinct_digests": len(digests),
+        "records_lost": len(lost),
+        "msgs_per_peer_step": round(sum(p.sent_msgs for p in active) / (len(active) * steps), 2),
+        "bytes_per_peer_step": round(sum(p.sent_bytes for p in active) / (len(active) * steps), 1),
+        "record_bytes_per_step": round(record_bytes, 1),
+        "seal_p50_s": round(percentile(seal, 0.5), 3),
+        "seal_p99_s": round(percentile(seal, 0.99), 3),
+        "slowest_step_s": round(max(step_times), 3),
+        "joins": sim.joins,
+        "leaves": sim.leaves,
+        "simulated_s": round(sim.now, 1),
+        "heals": sum(p.core.heals for p in everyone),
+        "late_records": sum(p.core.late_applied for p in everyone),
+    }

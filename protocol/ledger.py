@@ -23,6 +23,7 @@ offset, and the good entries after it recovered).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -316,10 +317,12 @@ class LedgerFile:
         except OSError as exc:
             # cut the partial write off again so that later appends do not follow garbage
             try:
-                self._file.close()
+                with contextlib.suppress(OSError):
+                    self._file.close()  # its buffer may still hold the part that failed
                 with open(self.path, "r+b") as f:
                     f.truncate(self._size)
-                    os.fsync(f.fileno())
+                    with contextlib.suppress(OSError):  # if this fails, a crash leaves a torn tail: trimmed on open
+                        os.fsync(f.fileno())
                 self._file = open(self.path, "ab")
             except OSError:
                 self._broken = f"{self.path} could not be restored after a failed write; restart the peer"

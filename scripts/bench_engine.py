@@ -31,7 +31,9 @@ from seedswarm.model.baselines import MezoStep
 from seedswarm.model.loading import BUNDLED_ID
 from seedswarm.model.perturb import Term, apply
 from seedswarm.model.tasks import PRESETS
-from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, SwarmSpec
+from seedswarm.protocol import Signer, CodecParams, LRSchedule, ModelRef, SwarmSpec
+
+SIGNER = Signer(bytes(32))
 
 
 def timed(fn) -> float:
@@ -79,7 +81,7 @@ def main() -> None:
 
     def ours_step(batch):
         s = next(steps)
-        replica.apply([replica.local_step(s, b"bench", s, [batch]).record])
+        replica.apply_step([replica.local_step(s, SIGNER, [batch]).record])
 
     def mezo_step(batch):
         mezo.step(lambda: task.loss(model, batch), seed=next(steps))

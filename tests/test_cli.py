@@ -13,7 +13,9 @@ from seedswarm.model.digest import weight_digest
 from seedswarm.model.replica import Replica
 from seedswarm.model.tasks import PRESETS, build_task
 from seedswarm.peer.cli import main
-from seedswarm.protocol import LedgerFile, ModelRef
+from seedswarm.protocol import LedgerFile, ModelRef, Signer
+
+SIGNER = Signer(bytes(32))
 
 
 def run(capsys, *argv):
@@ -50,9 +52,9 @@ def test_replay_writes_a_loadable_model_whose_digest_matches_live_training(capsy
     live = Replica.for_task(tiny_bert(), spec, task)
     with LedgerFile(tmp_path / "ledger.ssl", spec) as ledger:
         for step in range(5):
-            record = live.local_step(step, b"cli-peer", step, [task.collate(TEXTS)]).record
-            live.apply([record])
-            ledger.append([record])
+            record = live.local_step(step, SIGNER, [task.collate(TEXTS)]).record
+            live.apply_step([record])
+            ledger.add([record])
     out_dir = tmp_path / "replayed"
     code, out, _ = run(capsys, "replay", "--ledger", str(tmp_path / "ledger.ssl"), "--out", str(out_dir), "--json")
     assert code == 0 and json.loads(out)["digest"] == live.digest()
@@ -76,7 +78,7 @@ def test_replay_writes_a_loadable_model_whose_digest_matches_live_training(capsy
     (["eval", "--data", "{data}", "--task", "nonsense"], "--task 'nonsense'"),
     (["eval", "--data", "{bad}"], "not valid JSON"),
     (["replay", "--ledger", "missing.ssl", "--out", "x"], "does not exist"),
-    (["replay", "--ledger", "{data}", "--out", "x"], "not a seedswarm ledger"),
+    (["replay", "--ledger", "{data}", "--out", "x"], "not a seedswarm v2 ledger"),
     (["digest", "{tmp}"], "no config.json"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(capsys, tmp_path, data_file, argv, message):

@@ -6,7 +6,9 @@ import torch
 from seedswarm.model import BatchStream, Replica, build_task, evaluate, load_model, sentiment_examples, split
 from seedswarm.model.loading import BUNDLED_ID
 from seedswarm.model.tasks import PRESETS
-from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, SwarmSpec
+from seedswarm.protocol import Signer, CodecParams, LRSchedule, ModelRef, SwarmSpec
+
+SIGNER = Signer(bytes(range(32)))
 
 
 def test_one_byte_training_raises_held_out_accuracy_by_five_points():
@@ -20,9 +22,9 @@ def test_one_byte_training_raises_held_out_accuracy_by_five_points():
     before = evaluate(model, task, test)["accuracy"]
     stream = BatchStream(train, 32, seed=0)
     for step in range(60):
-        result = replica.local_step(step, b"peer-0", step, [task.collate(next(stream))])
+        result = replica.local_step(step, SIGNER, [task.collate(next(stream))])
         assert len(result.record.grads) == 1  # one byte carries this step's gradient
-        replica.apply([result.record])
+        replica.apply_step([result.record])
     replica.flush()
     after = evaluate(model, task, test)["accuracy"]
     assert after >= before + 5, (before, after)

@@ -9,28 +9,27 @@ from conftest import TEXTS, make_spec, tiny_bert
 from seedswarm.model.data import BatchStream
 from seedswarm.model.replica import Replica, replay
 from seedswarm.model.tasks import PRESETS, build_task
-from seedswarm.protocol import LedgerFile, LRSchedule, decode_ledger
-from seedswarm.protocol.spec import ModelRef
+from seedswarm.protocol import Ledger, LedgerFile, LRSchedule, Record, Signer, decode_ledger
+from seedswarm.protocol.aggregation import step_gradients
+from seedswarm.protocol.spec import Aggregation, ModelRef
 
-MACHINES = [b"machine-a", b"machine-b", b"machine-c"]
+SIGNERS = [Signer(bytes([i + 1]) * 32) for i in range(3)]
 
 
 def train_swarm_in_process(spec, tokenizer, steps):
     """Each simulated machine trains on its own shard; every replica applies all records of a
-    step in canonical order. Returns (live replicas, all records)."""
+    step through the step rule. Returns (live replicas, all records)."""
     task = build_task(spec.task, tokenizer)
-    replicas = [Replica.for_task(tiny_bert(), spec, task) for _ in MACHINES]
+    replicas = [Replica.for_task(tiny_bert(), spec, task) for _ in SIGNERS]
     streams = [BatchStream(TEXTS[i::3] + TEXTS[:2], 4, seed=i) for i in range(3)]
     records = []
     for step in range(steps):
         round_records = []
-        for machine, replica, stream in zip(MACHINES, replicas, streams):
-            n = spec.samples_per_step
-            batches = [task.collate(next(stream)) for _ in range(n)]
-            round_records.append(replica.local_step(step, machine, step * n, batches).record)
-        round_records.sort(key=lambda r: r.order_key)
+        for signer, replica, stream in zip(SIGNERS, replicas, streams):
+            batches = [task.collate(next(stream)) for _ in range(spec.samples_per_step)]
+            round_records.append(replica.local_step(step, signer, batches).record)
         for replica in replicas:
-            replica.apply(round_records)
+            replica.apply_step(round_records)
         records += round_records
     return replicas, records
 
@@ -38,6 +37,7 @@ def train_swarm_in_process(spec, tokenizer, steps):
 @pytest.mark.parametrize("variant", [
     dict(),
     dict(perturbation="gaussian", samples_per_step=2, trainable=("*bias", "*LayerNorm*"), weight_decay=0.1,
+         aggregation=Aggregation(clip="none"),
          lr=LRSchedule(base=5e-3, kind="cosine", warmup_steps=5, total_steps=30, min_ratio=0.1)),
 ])
 def test_three_machines_forty_steps_then_a_fresh_replica_replays_to_the_same_digest(tokenizer, tmp_path, variant):
@@ -47,11 +47,11 @@ def test_three_machines_forty_steps_then_a_fresh_replica_replays_to_the_same_dig
     live = {r.digest() for r in replicas}
     assert len(live) == 1 and live != {base_digest}
 
-    # through a ledger file, and with the records in arrival order scrambled
+    # through a ledger file, with the records in arrival order scrambled and some duplicated
     with LedgerFile(tmp_path / "ledger.ssl", spec) as lf:
-        shuffled = records[:]
+        shuffled = records + records[:7]
         random.Random(0).shuffle(shuffled)
-        lf.append(shuffled)
+        lf.add(shuffled)
     file_spec, file_records, torn = decode_ledger((tmp_path / "ledger.ssl").read_bytes())
     assert file_spec == spec and torn == 0 and len(file_records) == 120
     fresh = replay(tiny_bert(), file_spec, file_records)
@@ -59,14 +59,41 @@ def test_three_machines_forty_steps_then_a_fresh_replica_replays_to_the_same_dig
 
 
 def test_applying_in_a_different_order_changes_the_weights(tokenizer):
-    """The canonical order matters (float addition is not associative): a replica that applied a
-    late record at arrival time instead of its canonical place would drift."""
+    """Steps must be applied in order (float addition is not associative): a replica that
+    applied a late step at arrival time instead of its canonical place would drift."""
     spec = make_spec(lr=LRSchedule(base=1e-1))
     _, records = train_swarm_in_process(spec, tokenizer, steps=4)
     canonical = Replica(replay(tiny_bert(), spec, records), spec).digest()
     replica = Replica(tiny_bert(), spec)
-    replica.apply(records[::-1])
+    for step in reversed(range(4)):
+        replica.apply_step([r for r in records if r.step == step])
     assert replica.digest() != canonical
+
+
+def test_an_exact_duplicate_is_applied_once_and_an_equivocation_voids_the_machine(tokenizer):
+    spec = make_spec(lr=LRSchedule(base=1e-2))
+    _, records = train_swarm_in_process(spec, tokenizer, steps=6)
+    once = Replica(replay(tiny_bert(), spec, records), spec).digest()
+    assert Replica(replay(tiny_bert(), spec, records + records[:5]), spec).digest() == once
+
+    # machine 0 signs a second, different record of step 3: from step 3 on, none of its records applies
+    cheat = next(r for r in records if r.step == 3 and r.machine == SIGNERS[0].machine)
+    forged = Record.create(SIGNERS[0], spec.swarm_id, 3, cheat.scale_exp, bytes([(cheat.grads[0] + 5) % 120]))
+    voided = Replica(replay(tiny_bert(), spec, records + [forged]), spec).digest()
+    honest_only = [r for r in records if not (r.machine == SIGNERS[0].machine and r.step >= 3)]
+    assert voided == Replica(replay(tiny_bert(), spec, honest_only), spec).digest() != once
+    assert Ledger(records + [forged]).banned_from(SIGNERS[0].machine) == 3
+
+
+def test_the_step_rule_bounds_a_maximal_record(tokenizer):
+    """A record of maximal bytes moves the weights no further than the step's median gradient."""
+    spec = make_spec(lr=LRSchedule(base=1e-2))
+    _, records = train_swarm_in_process(spec, tokenizer, steps=1)
+    hostile = Signer(bytes([9]) * 32)
+    loud = Record.create(hostile, spec.swarm_id, 0, 0, b"\x7f")  # +clip, the largest value a byte says
+    honest = [abs(g) for r in records for g in r.values(spec.codec.clip)]
+    effective = step_gradients(spec, sorted(records + [loud], key=lambda r: r.order_key))
+    assert max(abs(g) for gs in effective for g in gs) <= sorted(honest + [64.0])[(len(honest)) // 2]
 
 
 def test_replica_losses_go_down(tokenizer):
@@ -77,7 +104,7 @@ def test_replica_losses_go_down(tokenizer):
     with torch.no_grad():
         first = float(task.loss(replica.model, batch))
     for step in range(60):
-        replica.apply([replica.local_step(step, b"m", step, [batch]).record])
+        replica.apply_step([replica.local_step(step, SIGNERS[0], [batch]).record])
     replica.flush()
     with torch.no_grad():
         assert float(task.loss(replica.model, batch)) < first

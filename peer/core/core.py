@@ -17,7 +17,7 @@ A peer's life:
 2. **rounds**: our record of step t is computed on the weights after t - ``spec.delay``
    sealed steps, so a step's records spread while the next ones are computed. Step t is
    sealed when every expected author (those applied at t - 1) is in, or a deadline adapted
-   to measured arrival spreads passes, or half of them visibly sealed t already; sealing
+   to measured arrival times passes, or most of them visibly sealed t already; sealing
    applies the step's records through the step rule (protocol.aggregation).
 3. **late records** (at most ``late_window`` steps old) are admitted, so replicas that
    hold the same records converge, and applied at their canonical place by a rebuild; a
@@ -78,6 +78,7 @@ class CoreConfig:
     status_interval: float = 5.0
     peers_interval: float = 30.0
     start_timeout: float = 10.0    # how long a newcomer waits for its neighbours' status
+    settle: float = 2.0            # ... after the first one, before acting on fewer than three
     link_timeout: float = 30.0     # a neighbour silent this long is dropped
     dial_timeout: float = 20.0
     min_wait: float = 0.3          # a round waits for missing authors at least this long ...
@@ -189,6 +190,7 @@ class SwarmCore:
         self._next_peers = 0.0
         self._dialing: dict[bytes, float] = {}
         self._discovered = False                   # the first discovery round reported (even if empty)
+        self._first_status: float | None = None
         if ledger is not None:  # a restart: what the ledger on disk tells about recent history
             for step in ledger.steps():
                 if step >= sealed - self._keep():
@@ -325,7 +327,14 @@ class SwarmCore:
             if msg.want:
                 self.gossip.answer(peer, [r for r in map(self._by_rid, msg.want) if r is not None])
         elif isinstance(msg, Status):
+            if self._first_status is None:
+                self._first_status = self.now
             link.status = msg
+            rnd = self.round
+            if msg.training and rnd is not None and peer not in rnd.expected and msg.sealed + 2 >= rnd.step:
+                rnd.expected.add(peer)  # a neighbour that started training: expect its record
+                if not any(r.machine == peer for r in self.ledger.applicable(rnd.step)):
+                    rnd.missing.add(peer)
         elif isinstance(msg, RangeRequest):
             self._serve_range(peer, msg, out)
         elif isinstance(msg, RangeReply):
@@ -425,11 +434,12 @@ class SwarmCore:
         """A neighbour's own digest votes. Votes are not forwarded: each replica weighs the
         votes of its neighbours, a sample of the swarm whose size does not grow with it."""
         low = self.sealed - 8 * self.spec.digest_every - self.spec.late_window
+        high = max(self.horizon, self._frontier()) + self.spec.future_window  # a newcomer weighs the swarm's votes
         for vote in votes:
             if vote.machine != peer:
                 self._blame(peer, "a vote of another machine", out)
                 continue
-            if not low <= vote.step <= self.horizon + self.spec.future_window:
+            if not low <= vote.step <= high:
                 continue  # not useful now; not an offence (views of the swarm differ a little)
             try:
                 self._verify_vote(self.spec, vote)
@@ -569,7 +579,7 @@ class SwarmCore:
             rnd = self.round
             self._maybe_compute(out)
             others = len(rnd.expected - {self.me})
-            moved_on = others > 0 and 2 * len(rnd.ahead - {self.me}) >= others
+            moved_on = others > 0 and 2 * len(rnd.ahead - {self.me}) > others  # a strict majority
             if not moved_on:
                 if self.cfg.training and rnd.step not in self.own:
                     return
@@ -775,8 +785,9 @@ class SwarmCore:
         if not self.known and not self.gossip.links:
             self.phase = "barrier"  # the first peer of a swarm
             return
-        if heard == 0 and waited < self.cfg.start_timeout:
-            return  # links are coming up
+        if heard < min(3, len(self.known)) and waited < self.cfg.start_timeout:
+            if heard == 0 or self.now - (self._first_status or self.now) < self.cfg.settle:
+                return  # links are coming up: one neighbour's word is not enough to act on
         self._enter(heard, out)
 
     def _enter(self, heard: int, out: list) -> None:

@@ -25,7 +25,7 @@ from seedswarm.model import BatchStream, Replica, build_task, evaluate, load_mod
 from seedswarm.model.baselines import justonebyte_quantize
 from seedswarm.model.loading import BUNDLED_ID
 from seedswarm.model.tasks import PRESETS
-from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, SwarmSpec
+from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, Signer, SwarmSpec
 
 BATCH_SIZE = 32
 ZO_LR = 1e-4
@@ -114,22 +114,22 @@ def zo_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResu
     is queued as coef = f32(-lr * value), exactly like a decoded byte would be."""
     spec = setting.spec(cfg.perturbation)
     replica = Replica.for_task(model, spec, setting.task)
-    machines = [b"sim-%d" % i for i in range(cfg.peers)]
+    machines = [Signer(bytes([i]) * 32) for i in range(cfg.peers)]
     streams = [setting.stream(i, cfg.peers) for i in range(cfg.peers)]
     payload, quantize = CODECS[cfg.codec]
 
     def step(t: int) -> tuple[float, float]:
-        local = [replica.local_step(t, m, t, [setting.task.collate(next(s))]) for m, s in zip(machines, streams)]
+        local = [replica.local_step(t, m, [setting.task.collate(next(s))]) for m, s in zip(machines, streams)]
         local.sort(key=lambda r: r.record.order_key)
         result.grads += [g for r in local for g in r.grads]
         if quantize is None:
-            replica.apply([r.record for r in local])
+            replica.apply_step([r.record for r in local])
             sizes = [len(r.record.encode()) for r in local]
             result.record_bytes += sizes
             return float(sum(len(r.record.grads) for r in local)), float(sum(sizes))
         lr = spec.lr(t)
         for r in local:
-            seed = replica.seed(r.record.machine, r.record.first_sample)
+            seed = replica.seed(r.record.machine, t * spec.samples_per_step)
             replica.zo.queue_update(seed, float(np.float32(-(lr * quantize(r.grads[0])))))
         return payload * len(local), payload * len(local)
 

@@ -1,0 +1,302 @@
+"""The swarm core's rules, one at a time, without sockets: feed events, read the actions.
+
+Every admission and trust rule of peer/core is named here and tested against the attack or
+failure it exists for (issue "Strangers cannot break the swarm")."""
+
+import subprocess
+import sys
+
+import pytest
+
+from seedswarm.peer.core import CoreConfig, SwarmCore
+from seedswarm.peer.core.events import (Compute, Connect, Disconnect, Finished, LinkUp, Log, Malformed, PeersFound,
+                                        Rebuild, Received, RecordReady, Seal, Send, StepSealed, Tick)
+from seedswarm.protocol import ModelRef, Record, Signer, SwarmSpec, TaskRef
+from seedswarm.protocol.messages import Gossip, RangeReply, RangeRequest, Status, Vote, Votes
+
+SPEC = SwarmSpec(name="core", model=ModelRef("m"), task=TaskRef("k"), digest_every=5)
+SWARM = SPEC.swarm_id
+ME = Signer(bytes([1]) * 32)
+PEERS = [Signer(bytes([i + 2]) * 32) for i in range(6)]
+
+
+def core(**cfg) -> SwarmCore:
+    return SwarmCore(SPEC, ME, CoreConfig(**{"target": 50, **cfg}), seed=7, digests={0: bytes(32)})
+
+
+def rec(signer: Signer, step: int, grads: bytes = b"\x05") -> Record:
+    return Record.create(signer, SWARM, step, 10, grads)
+
+
+class Driver:
+    """Feeds a core and keeps what it asked for; completes its tensor work at once."""
+
+    def __init__(self, c: SwarmCore) -> None:
+        self.core, self.now, self.actions = c, 0.0, []
+
+    def feed(self, event, dt: float = 0.0) -> list:
+        """Feed one event; Compute and Seal are carried out at once, as a worker would."""
+        self.now += dt
+        out = self.core.feed(event, self.now)
+        self.actions += out
+        for action in out:
+            if isinstance(action, Compute):
+                self.feed(RecordReady(rec(ME, action.step), 0.1))
+            elif isinstance(action, Seal):
+                digest = bytes([action.step % 256]) * 32 if (action.step + 1) % SPEC.digest_every == 0 else None
+                self.feed(StepSealed(action.step, digest))
+        return out
+
+    def link(self, signer: Signer, sealed: int = 0, training: bool = True) -> None:
+        self.feed(LinkUp(signer.machine))
+        self.feed(Received(signer.machine, Status(sealed, Status.TRAINING if training else 0, 0, 100)))
+
+    def logs(self, event: str) -> list[dict]:
+        return [a.fields for a in self.actions if isinstance(a, Log) and a.event == event]
+
+    def of(self, kind) -> list:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+def training(n_peers: int = 2, **cfg) -> Driver:
+    """A core past the start barrier with ``n_peers`` linked neighbours that train."""
+    d = Driver(core(min_peers=1 + n_peers, **cfg))
+    d.feed(PeersFound(tuple(p.machine for p in PEERS[:n_peers])))
+    for p in PEERS[:n_peers]:
+        d.link(p, training=False)  # neighbours at the start barrier
+    d.feed(Tick())
+    assert d.core.phase == "train"
+    return d
+
+
+# --- purity ----------------------------------------------------------------------------------------
+def test_the_core_imports_no_io_framework_and_no_tensor_library():
+    code = ("import sys, seedswarm.peer.core, seedswarm.peer.sim; "
+            "print(sorted(m for m in ('asyncio', 'hivemind', 'torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_same_events_give_the_same_actions():
+    runs = []
+    for _ in range(2):
+        d = training(3)
+        for p in PEERS[:3]:
+            d.feed(Received(p.machine, Gossip((rec(p, 0),))), 0.01)
+        d.feed(Tick(), 10)
+        runs.append([type(a).__name__ + repr(getattr(a, "step", "")) for a in d.actions])
+    assert runs[0] == runs[1]
+
+
+# --- rounds ----------------------------------------------------------------------------------------
+def test_a_round_seals_as_soon_as_every_expected_author_is_in():
+    d = training(2)
+    assert not any(s.step == 0 for s in d.of(Seal))
+    d.feed(Received(PEERS[0].machine, Gossip((rec(PEERS[0], 0),))), 0.1)
+    assert not any(s.step == 0 for s in d.of(Seal))
+    d.feed(Received(PEERS[1].machine, Gossip((rec(PEERS[1], 0),))), 0.1)
+    seal = next(s for s in d.of(Seal) if s.step == 0)
+    assert {r.machine for r in seal.records} == {ME.machine, PEERS[0].machine, PEERS[1].machine}
+
+
+def test_a_silent_peer_stalls_nobody_beyond_the_deadline():
+    d = training(2)
+    d.feed(Received(PEERS[0].machine, Gossip((rec(PEERS[0], 0),))), 0.1)
+    d.feed(Tick(), 1.0)
+    assert not any(s.step == 0 for s in d.of(Seal))  # the first deadline is generous
+    d.feed(Tick(), 10.0)
+    assert any(s.step == 0 for s in d.of(Seal)) and d.logs("round_deadline")
+
+
+def test_a_fresh_swarm_waits_for_min_peers():
+    d = Driver(core(min_peers=3))
+    d.feed(PeersFound((PEERS[0].machine,)))
+    d.link(PEERS[0], training=False)
+    d.feed(Tick(), 1)
+    assert d.core.phase == "barrier" and not d.of(Compute)
+    d.link(PEERS[1], training=False)
+    d.feed(Tick(), 1)
+    assert d.core.phase == "train" and d.of(Compute)
+
+
+# --- admission ---------------------------------------------------------------------------------------
+def test_a_far_future_record_is_refused_and_moves_nobody():
+    d = training(2)
+    far = rec(PEERS[0], 1_000_000)
+    d.feed(Received(PEERS[0].machine, Gossip((far,))), 0.1)
+    assert d.core.reasons["too far ahead"] == 1 and d.core.rejects_of[PEERS[0].machine] == 1
+    assert d.core.horizon <= 1 and not d.core.ledger.has(far.rid)
+    # a record inside the future window is held, but one author cannot make us skip steps
+    ahead = rec(PEERS[0], 3)
+    d.feed(Received(PEERS[0].machine, Gossip((ahead,))), 0.1)
+    assert d.core.ledger.has(ahead.rid) and d.core.horizon <= 1
+
+
+def test_a_neighbour_claiming_a_far_frontier_cannot_pull_us_forward():
+    d = training(3)
+    d.feed(Received(PEERS[2].machine, Status(10 ** 9, Status.TRAINING, 0, 1)), 0.1)
+    d.feed(Tick(), 0.1)
+    assert d.core.phase == "train" and not d.of(Send) or all(
+        not isinstance(a.message, RangeRequest) for a in d.of(Send))
+
+
+def test_records_of_the_wrong_width_or_with_a_bad_signature_are_refused_and_blamed():
+    d = training(2)
+    wide = Record.create(PEERS[0], SWARM, 0, 10, b"\x01" * 1024)
+    forged = Record(step=0, machine=PEERS[1].machine, scale_exp=10, grads=b"\x01", signature=bytes(64))
+    other_swarm = Record.create(PEERS[0], bytes(32), 0, 10, b"\x01")
+    d.feed(Received(PEERS[0].machine, Gossip((wide, forged, other_swarm))), 0.1)
+    assert not any(d.core.ledger.has(r.rid) for r in (wide, forged, other_swarm))
+    assert d.core.rejects_from[PEERS[0].machine] == 3
+
+
+def test_a_neighbour_that_keeps_sending_garbage_is_dropped_and_banned():
+    d = training(2, max_rejects=5)
+    for _ in range(5):
+        d.feed(Malformed(PEERS[0].machine, "junk"), 0.01)
+    assert any(a.peer == PEERS[0].machine for a in d.of(Disconnect)) and d.logs("banned")
+    before = len(d.of(Disconnect))
+    d.feed(LinkUp(PEERS[0].machine), 1)  # it comes back at once: refused
+    assert len(d.of(Disconnect)) == before + 1 and PEERS[0].machine not in d.core.gossip.links
+
+
+def test_a_flooding_neighbour_is_rate_limited():
+    d = training(2, rate_limit=20, max_rejects=10)
+    for _ in range(40):
+        d.feed(Received(PEERS[0].machine, Status(0, Status.TRAINING, 0, 1)))
+    assert d.core.reasons["rate limit"] >= 10 and PEERS[0].machine not in d.core.gossip.links
+
+
+def test_an_equivocation_voids_the_author_and_is_passed_on_as_evidence():
+    d = training(3)
+    a, b = rec(PEERS[0], 0, b"\x05"), rec(PEERS[0], 0, b"\x06")
+    d.feed(Received(PEERS[0].machine, Gossip((a,))), 0.1)
+    d.feed(Received(PEERS[1].machine, Gossip((b,))), 0.1)
+    assert d.logs("equivocation") and d.core.ledger.banned_from(PEERS[0].machine) == 0
+    assert PEERS[0].machine not in d.core.round.missing  # nobody waits for an equivocator
+    forwarded = [s for s in d.of(Send) if isinstance(s.message, Gossip) and b.rid in s.message.have + tuple(
+        r.rid for r in s.message.records)]
+    d.feed(Tick(), 0.5)
+    assert forwarded or any(b.rid in link.known for link in d.core.gossip.links.values())
+
+
+def test_a_late_record_is_applied_by_a_rebuild_and_a_flood_of_them_costs_one_rebuild():
+    d = training(2, rebuild_every=4)
+    for step in range(3):
+        for p in PEERS[:2]:
+            d.feed(Received(p.machine, Gossip((rec(p, step),))), 0.05)
+    assert d.core.sealed >= 3
+    late = [rec(PEERS[2], s) for s in (0, 1, 2)]  # another author's records of sealed steps
+    d.feed(Received(PEERS[0].machine, Gossip(tuple(late))), 0.05)
+    rebuilds = d.of(Rebuild)
+    assert len(rebuilds) == 1 and rebuilds[0].first == 0 and len(rebuilds[0].records) == 3
+
+
+def test_a_record_older_than_the_late_window_is_refused():
+    d = training(2)
+    for step in range(SPEC.late_window + 3):
+        for p in PEERS[:2]:
+            d.feed(Received(p.machine, Gossip((rec(p, step),))), 0.05)
+    old = rec(PEERS[2], 0)
+    d.feed(Received(PEERS[0].machine, Gossip((old,))), 0.05)
+    assert d.core.reasons["too late"] == 1 and not d.core.ledger.has(old.rid)
+
+
+def test_a_range_reply_nobody_asked_for_is_blamed():
+    d = training(2)
+    d.feed(Received(PEERS[0].machine, RangeReply(0, 1, False, (rec(PEERS[0], 0),))), 0.1)
+    assert d.core.rejects_from[PEERS[0].machine] == 1
+
+
+# --- trust ------------------------------------------------------------------------------------------
+def run_to(d: Driver, steps: int, authors) -> None:
+    for step in range(d.core.horizon, steps):
+        for p in authors:
+            d.feed(Received(p.machine, Gossip((rec(p, step),))), 0.05)
+
+
+def test_fresh_identities_cannot_vote_a_replica_into_healing():
+    d = training(2)
+    run_to(d, 20, PEERS[:2])
+    step = 10
+    mine = d.core.digests[step]
+    for sybil in PEERS[3:6]:  # three identities that never contributed a record
+        d.link(sybil)
+        d.feed(Received(sybil.machine, Votes((Vote.create(sybil, SWARM, step, b"\xee" * 32),))), 0.01)
+    d.feed(Tick(), 30)
+    assert not d.logs("heal") and d.core.digests[step] == mine
+
+
+def test_a_standing_majority_makes_an_outvoted_replica_heal():
+    d = training(3)
+    run_to(d, 20, PEERS[:3])
+    step = 10
+    for p in PEERS[:3]:
+        d.feed(Received(p.machine, Votes((Vote.create(p, SWARM, step, b"\xaa" * 32),))), 0.01)
+    d.feed(Tick(), 30)
+    heal = d.logs("heal")
+    assert heal and heal[0]["winner"] == (b"\xaa" * 32).hex()
+    asks = [a for a in d.of(Send) if isinstance(a.message, RangeRequest)]
+    assert asks and asks[-1].peer in {p.machine for p in PEERS[:3]}
+
+
+def test_without_a_standing_majority_a_replica_keeps_its_weights_and_reports_the_split():
+    d = training(1)
+    run_to(d, 20, PEERS[:1])
+    step = 10
+    d.feed(Received(PEERS[0].machine, Votes((Vote.create(PEERS[0], SWARM, step, b"\xaa" * 32),))), 0.01)
+    d.feed(Tick(), 30)
+    assert d.logs("split") and not d.logs("heal")
+
+
+def test_a_vote_relayed_for_another_machine_is_blamed_on_the_relay():
+    d = training(2)
+    d.feed(Received(PEERS[0].machine, Votes((Vote.create(PEERS[1], SWARM, 5, b"\xaa" * 32),))), 0.01)
+    assert d.core.rejects_from[PEERS[0].machine] == 1 and not d.core.votes.of(5)
+
+
+def test_a_peer_finishes_at_its_target_after_the_final_vote():
+    d = training(2, target=6, finish_timeout=5)
+    run_to(d, 6, PEERS[:2])
+    d.feed(Tick(), 10)
+    d.feed(Tick(), 10)
+    assert d.of(Finished) and d.of(Finished)[0].summary["step"] == 6
+
+
+# --- joining -----------------------------------------------------------------------------------------
+def test_a_newcomer_takes_the_lower_median_of_its_neighbours_frontier():
+    d = Driver(core(join_by="replay"))
+    d.feed(PeersFound(tuple(p.machine for p in PEERS[:4])))
+    for p, sealed in zip(PEERS[:4], (40, 41, 42, 10 ** 9)):  # one liar
+        d.link(p, sealed)
+    d.feed(Tick(), 0.1)
+    joining = d.logs("joining")
+    assert joining and joining[0]["frontier"] == 41
+    asks = [a.message for a in d.of(Send) if isinstance(a.message, RangeRequest)]
+    assert asks and asks[0].first == 0 and asks[0].last <= 41
+
+
+def test_a_replay_joiner_seals_what_its_range_reply_holds():
+    d = Driver(core(join_by="replay", target=5))
+    d.feed(PeersFound((PEERS[0].machine,)))
+    d.link(PEERS[0], 3)
+    d.feed(Tick(), 0.1)
+    records = tuple(rec(PEERS[0], s) for s in range(3))
+    d.feed(Received(PEERS[0].machine, RangeReply(0, 3, False, records)), 0.1)
+    assert [s.step for s in d.of(Seal)][:3] == [0, 1, 2]
+    assert d.logs("joined")
+
+
+@pytest.mark.parametrize("bad", ["signature", "outside"])
+def test_a_range_reply_with_bad_records_is_not_believed(bad):
+    d = Driver(core(join_by="replay", target=5))
+    d.feed(PeersFound((PEERS[0].machine,)))
+    d.link(PEERS[0], 3)
+    d.feed(Tick(), 0.1)
+    if bad == "signature":
+        records = (Record(step=0, machine=PEERS[1].machine, scale_exp=10, grads=b"\x01", signature=bytes(64)),)
+    else:
+        records = (rec(PEERS[0], 7),)
+    d.feed(Received(PEERS[0].machine, RangeReply(0, 3, False, records)), 0.1)
+    sealed = {r.rid for s in d.of(Seal) for r in s.records}
+    assert not sealed & {r.rid for r in records}

@@ -1,0 +1,64 @@
+"""Whole swarms of real cores over the deterministic simulated network (peer/sim.py).
+
+Each scenario is reproducible from its seed and runs in seconds: loss, partitions, churn
+with joiners by checkpoint and by replay, and every hostile behaviour the simulator knows."""
+
+import pytest
+
+from seedswarm.peer.sim import HOSTILE_MIX, Behaviour, Scenario, run_scenario
+
+
+def converged(m: dict) -> bool:
+    return m["replicas_identical"] and m["records_lost"] == 0
+
+
+def test_an_honest_swarm_with_message_loss_ends_identical_with_nothing_lost():
+    _, m = run_scenario(Scenario(peers=12, steps=25, loss=0.01, seed=1))
+    assert converged(m) and m["honest_finished"] == 12, m
+
+
+def test_the_same_seed_gives_the_same_run():
+    runs = [run_scenario(Scenario(peers=8, steps=12, loss=0.02, seed=5)) for _ in range(2)]
+    (a, ma), (b, mb) = runs
+    assert ma == mb
+    assert [p.replica.state(12) for p in a.peers.values()] == [p.replica.state(12) for p in b.peers.values()]
+    _, other = run_scenario(Scenario(peers=8, steps=12, loss=0.02, seed=6))
+    assert other["bytes_per_peer_step"] != ma["bytes_per_peer_step"]
+
+
+def test_every_hostile_behaviour_at_once_leaves_the_honest_replicas_identical():
+    sim, m = run_scenario(Scenario(peers=14, steps=25, loss=0.01, seed=2, hostile=HOSTILE_MIX))
+    assert converged(m) and m["honest_finished"] == 14 - len(HOSTILE_MIX), m
+    honest = sim.honest()
+    by_name = {p.signer.machine: p for p in sim.peers.values()}
+    for p in sim.peers.values():
+        b = p.behaviour
+        refused_as_author = sum(h.core.rejects_of[p.signer.machine] for h in honest)
+        blamed = sum(h.core.rejects_from[p.signer.machine] for h in honest)
+        if b.far_future or b.equivocate:
+            assert refused_as_author > 0, p.name  # visible in every honest peer's counts
+        if b.junk:
+            assert blamed > 0, p.name
+        if b.equivocate:  # its records count nowhere once the evidence is out
+            assert all(h.replica.ledger.banned_from(p.signer.machine) is not None for h in honest)
+    assert by_name
+
+
+def test_a_minority_partition_heals_to_the_majority():
+    sim, m = run_scenario(Scenario(peers=10, steps=40, loss=0.01, seed=3, partition=(12.0, 20.0, 0.3)))
+    assert converged(m), m
+    assert m["heals"] > 0  # the minority's replicas healed (the majority never needed to)
+
+
+def test_churn_with_joiners_by_checkpoint_and_by_replay_converges():
+    sim, m = run_scenario(Scenario(peers=10, steps=40, loss=0.01, seed=4, churn_per_minute=0.2))
+    assert converged(m) and m["joins"] > 0 and m["leaves"] > 0, m
+    events = [e for p in sim.peers.values() for _, e, _ in p.logs]
+    assert "join_checkpoint" in events and "joined" in events
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour(wrong_sign=True), Behaviour(fake_votes=True, fake_checkpoint=True)],
+                         ids=["wrong-sign", "fake-votes"])
+def test_a_third_of_hostile_peers_cannot_fork_or_take_over(behaviour):
+    _, m = run_scenario(Scenario(peers=9, steps=30, seed=7, hostile=[behaviour] * 3))
+    assert converged(m) and m["honest_finished"] == 6, m
