@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import signal
@@ -149,6 +148,8 @@ def cmd_peer(args) -> int:
 
 def _run_until_signal(coro):
     """Run the peer; SIGTERM and SIGINT stop it gracefully (announced leave)."""
+    import asyncio
+
     loop = asyncio.new_event_loop()
     task = loop.create_task(coro)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -300,8 +301,18 @@ def cmd_bootstrap(args) -> int:
     except Exception as exc:
         raise UsageError(f"could not start the DHT node (check --host-maddrs / --identity-path): {exc}") from None
     maddrs = [str(m) for m in dht.get_visible_maddrs()]
-    print("seedswarm bootstrap node", identity.peer_id, flush=True)
+    print(f"seedswarm bootstrap node {identity.peer_id} (a DHT node only: it trains nothing)", flush=True)
+    print("peers, monitors and `seedswarm status` join through it with:", flush=True)
     print("--initial-peers " + " ".join(maddrs), flush=True)
+    if all(_is_loopback(m) for m in maddrs):
+        print("this listens on loopback only: reachable from this machine alone. For other machines, listen on\n"
+              "every interface with a fixed port, announce the address they can dial, and keep the peer id stable:\n"
+              "  seedswarm bootstrap --host-maddrs /ip4/0.0.0.0/tcp/31337 --announce-maddrs /ip4/PUBLIC_IP/tcp/31337 "
+              "--identity-path bootstrap.key\n"
+              "(open TCP port 31337 in the firewall; PUBLIC_IP is the address others reach this machine at)", flush=True)
+    elif not args.identity_path:
+        print("without --identity-path the peer id (the /p2p/... part) changes on every restart", flush=True)
+    print("Ctrl-C stops it" + (f" (or it stops by itself after {args.duration:g} s)" if args.duration else ""), flush=True)
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))
@@ -310,6 +321,10 @@ def cmd_bootstrap(args) -> int:
         time.sleep(0.2)
     dht.shutdown()
     return 0
+
+
+def _is_loopback(maddr: str) -> bool:
+    return maddr.startswith(("/ip4/127.", "/ip6/::1/"))
 
 
 def _valid_entries(dht, key: str) -> list:

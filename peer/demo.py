@@ -18,8 +18,6 @@ import statistics
 import time
 from pathlib import Path
 
-from ..model.loading import BUNDLED_ID
-from ..model.tasks import PRESETS
 from ..protocol.spec import CodecParams, LRSchedule, ModelRef, SwarmSpec, TaskRef
 
 DEFAULT_PEERS = 4
@@ -29,6 +27,9 @@ DEFAULT_STEPS = 60
 def default_spec(model: str | None = None, task: TaskRef | None = None, lr: float | None = None, name: str | None = None) -> SwarmSpec:
     """The recipe the demo uses and `seedswarm peer` starts without --swarm-spec: the bundled
     MiniLM on the VADER sentiment task (label prompts), one-byte records, Rademacher z."""
+    from ..model.loading import BUNDLED_ID
+    from ..model.tasks import PRESETS
+
     task = task or PRESETS["sentiment"]
     return SwarmSpec(
         name=name or f"{task.kind}-{(model or BUNDLED_ID).rsplit('/', 1)[-1]}",
