@@ -4,6 +4,7 @@
     seedswarm peer --swarm-spec F | --swarm ID --data F.jsonl [--initial-peers ...] [...]
     seedswarm status --initial-peers ... [--swarm ID] [--json]
     seedswarm swarms --initial-peers ... [--json]
+    seedswarm monitor --initial-peers ... [--swarm ID] [--port 8000]   a live web page
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def add_commands(sub) -> None:
     p.add_argument("--swarm", default=None, metavar="ID", help="the swarm (default: every announced swarm)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("monitor", help="a live web page of the swarms in the DHT: peers, steps, loss curve, join command")
+    _network_flags(p, host=False)
+    p.add_argument("--swarm", default=None, metavar="ID", help="the swarm the page opens on (default: the one with most peers)")
+    p.add_argument("--host", default="127.0.0.1", help="where the web page listens (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="web page port (default 8000; 0: any free port)")
+    p.add_argument("--refresh", type=float, default=2.0, help="seconds between page refreshes (default 2)")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("swarms", help="swarms announced in the DHT, with the command to join each")
     _network_flags(p, host=False)
@@ -327,42 +336,16 @@ def _is_loopback(maddr: str) -> bool:
     return maddr.startswith(("/ip4/127.", "/ip6/::1/"))
 
 
-def _valid_entries(dht, key: str) -> list:
-    from .dhtschema import decode_entries
-
-    return [checked for checked in decode_entries(key, dht.get(key, latest=True)) if checked is not None]
-
-
-def _swarm_rows(dht) -> dict[str, dict]:
-    from .dhtschema import DIRECTORY_KEY
-
-    swarms: dict[str, dict] = {}
-    for _, decoded in _valid_entries(dht, DIRECTORY_KEY):
-        ann, sid = decoded.value, decoded.swarm.hex()
-        row = swarms.setdefault(sid, {"swarm_id": sid, "name": ann.name, "model": ann.model, "task": ann.task,
-                                      "peers": 0, "step": 0})
-        row["peers"] = max(row["peers"], ann.peers)
-        row["step"] = max(row["step"], ann.step)
-    return swarms
-
-
-def _peer_rows(dht, swarm: bytes) -> list[dict]:
-    from hivemind.p2p import PeerID
-
-    from .dhtschema import peers_key
-
-    rows = [{"peer_id": str(PeerID(owner)), **decoded.value.to_obj()} for owner, decoded in _valid_entries(dht, peers_key(swarm))]
-    return sorted(rows, key=lambda r: r["peer_id"])
-
-
 def cmd_status(args) -> int:
     try:
         chosen = [parse_swarm_id(args.swarm)] if args.swarm else None
     except ProtocolError as exc:
         raise UsageError(f"--swarm: {exc}") from None
+    from .observe import swarm_snapshot
+
     with _client_dht(args.initial_peers) as dht:
-        swarms = chosen or [bytes.fromhex(s) for s in _swarm_rows(dht)]
-        report = {s.hex(): _peer_rows(dht, s) for s in swarms}
+        swarms = chosen or [bytes.fromhex(row["swarm_id"]) for row in swarm_snapshot(dht)["swarms"]]
+        report = {s.hex(): swarm_snapshot(dht, s)["swarm"]["peers"] for s in swarms}
     if args.json:
         print(json.dumps(report))
         return 0
@@ -378,15 +361,44 @@ def cmd_status(args) -> int:
 
 
 def cmd_swarms(args) -> int:
+    from .observe import swarm_snapshot
+
     with _client_dht(args.initial_peers) as dht:
-        rows = list(_swarm_rows(dht).values())
+        rows = swarm_snapshot(dht, initial_peers=args.initial_peers)["swarms"]
     if args.json:
         print(json.dumps(rows))
         return 0
     if not rows:
         print("no swarm announced in this DHT")
-    peers = " ".join(args.initial_peers)
     for r in rows:
         print(f"{r['swarm_id']}  {r['name']!r}  model {r['model']}  task {r['task']}  peers {r['peers']}  step {r['step']}")
-        print(f"  join: seedswarm peer --swarm {r['swarm_id']} --initial-peers {peers} --data YOUR.jsonl")
+        print(f"  join: {r['join_command']}")
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    try:
+        default_swarm = parse_swarm_id(args.swarm).hex() if args.swarm else None
+    except ProtocolError as exc:
+        raise UsageError(f"--swarm: {exc}") from None
+    if args.refresh <= 0:
+        raise UsageError("--refresh must be positive")
+    from .monitor import Poller, create_app, listen, serve
+    from .observe import LossHistory, swarm_snapshot
+
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        raise UsageError(f"--host/--port: cannot listen on {args.host}:{args.port} ({exc.strerror}); try --port 0") from None
+    history = LossHistory()
+    with _client_dht(args.initial_peers) as dht:
+        def take(swarm):
+            return swarm_snapshot(dht, swarm, initial_peers=args.initial_peers, history=history)
+
+        with Poller(take, interval=args.refresh) as poller:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"seedswarm monitor: open http://{shown}:{port}/ (refreshes every {args.refresh:g} s; Ctrl-C stops it)",
+                  flush=True)
+            serve(create_app(poller, refresh=args.refresh, default_swarm=default_swarm), sock)
     return 0

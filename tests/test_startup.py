@@ -29,5 +29,5 @@ def test_help_of_every_command_imports_no_heavy_library():
     proc = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + PROBE], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert {"peer", "bootstrap", "demo", "status", "swarms", "eval"} <= set(result["commands"])
+    assert {"peer", "bootstrap", "demo", "monitor", "status", "swarms", "eval"} <= set(result["commands"])
     assert result["loaded"] == [], f"imported for --help: {result['loaded']}"
