@@ -136,7 +136,7 @@ def cmd_peer(args) -> int:
         config.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    progress = Progress(quiet=args.quiet)
+    progress = Progress(quiet=args.quiet, steps=args.steps, min_peers=args.min_peers)
     peer = AsyncPeer(config, on_step=progress)
 
     async def main() -> dict:
@@ -150,7 +150,8 @@ def cmd_peer(args) -> int:
         summary = _run_until_signal(main())
     except PeerError as exc:
         raise UsageError(str(exc)) from None
-    progress.close()
+    finally:
+        progress.close()
     print(json.dumps({"event": "summary", **summary}), flush=True)
     return 0
 
@@ -173,44 +174,64 @@ def _run_until_signal(coro):
 
 
 class Progress:
-    """A live progress line on a terminal (rich); one line per step otherwise."""
+    """What `seedswarm peer` shows, phase by phase (progress.Phases: a live display on a terminal,
+    a plain line every few seconds otherwise). --quiet: only how others can join."""
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.tty = sys.stdout.isatty()
-        self._status = None
+    def __init__(self, quiet: bool = False, steps: int = 0, min_peers: int = 1) -> None:
+        from .progress import Phases
+
+        self.quiet, self.steps, self.min_peers = quiet, steps, min_peers
+        self.show = None if quiet else Phases(every=5.0).__enter__()
+        self._phase = None
         self._last = time.monotonic()
+        self._phase_to("start", "the DHT node (p2pd), then the model and the swarm's spec")
+
+    def _phase_to(self, name: str, detail: str, total: int | None = None) -> None:
+        if self.show is not None and name != self._phase:
+            self._phase = name
+            self.show.phase(name, detail, total)
+
+    def _note(self, text: str) -> None:
+        if self.show is not None:
+            self.show.note(text)
+        else:
+            print(text, flush=True)
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
         if kind == "started":
-            print(f"seedswarm peer {event['peer_id']} in swarm {event['swarm_id']}", flush=True)
-            print("others can join with: --initial-peers " + " ".join(event["maddrs"]), flush=True)
+            self._note(f"seedswarm peer {event['peer_id']} in swarm {event['swarm_id']}")
+            self._note("others can join with: --initial-peers " + " ".join(event["maddrs"]))
+            if self.min_peers > 1:
+                self._phase_to("wait for peers", f"until {self.min_peers} peers (this one included) are up (--min-peers)")
+            else:
+                self._phase_to("find the swarm", "look for peers already training, and where they are")
             return
-        if self.quiet:
+        if self.show is None:
             return
         if kind == "step":
             now = time.monotonic()
-            line = (f"step {event['step']:>5}  loss {event['loss'] if event['loss'] is None else round(event['loss'], 4)}  "
-                    f"peers {event['peers']}  records {event['records']}  "
-                    f"{_fmt(event.get('payload_bytes_per_gradient'))} B/grad payload  "
-                    f"wire {_kb(event.get('wire_sent'))} sent  {now - self._last:.2f}s/step")
+            done = event["step"] + 1
+            loss = "n/a" if event["loss"] is None else f"{event['loss']:.4f}"
+            line = (f"step {done}/{self.steps}  training loss {loss} (this peer's latest batch)  {event['peers']} live peers  "
+                    f"{event['records']} records sealed this step\n"
+                    f"payload {_fmt(event.get('payload_bytes_per_gradient'))} B/gradient  "
+                    f"wire {_kb(event.get('wire_sent'))} sent by this peer so far  {now - self._last:.2f} s/step")
             self._last = now
-            if self.tty:
-                if self._status is None:
-                    from rich.console import Console
-
-                    self._status = Console().status(line)
-                    self._status.start()
-                self._status.update(line)
-            else:
-                print(line, flush=True)
-        elif kind in ("joining", "joined", "late", "heal", "healed", "resumed"):
-            print(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"), flush=True)
+            self._phase_to("train", f"until the swarm has sealed {self.steps} steps", total=self.steps)
+            self.show.progress(done, line)
+            if done >= self.steps:
+                self._phase_to("finish", "wait for the others to reach the last step, apply late records, "
+                                         "agree on the final weight digest")
+        elif kind == "joining":
+            self._phase_to("catch up", f"the swarm is at step {event['frontier']}: joining by {event['by']}")
+        elif kind in ("joined", "late", "heal", "healed", "resumed"):
+            self._note(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"))
 
     def close(self) -> None:
-        if self._status is not None:
-            self._status.stop()
+        if self.show is not None:
+            self.show.close()
+            self.show = None
 
 
 def _fmt(x) -> str:
@@ -224,56 +245,61 @@ def _kb(x) -> str:
 # --- demo ----------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, check_out_dir, run_demo
+    from .progress import Phases
 
     if args.peers < 1 or args.steps < 1:
         raise UsageError("--peers and --steps must be at least 1")
-    cfg = DemoConfig(peers=args.peers, steps=args.steps, out=args.out, model=args.model, lr=args.lr, live=not args.json)
+    cfg = DemoConfig(peers=args.peers, steps=args.steps, out=args.out, model=args.model, lr=args.lr)
     try:
         check_out_dir(Path(cfg.out))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.json:
-        print(json.dumps(run_demo(cfg)), flush=True)
+    if args.json:  # stdout is the JSON object; progress goes to stderr as plain lines
+        with Phases(tty=False, out=sys.stderr) as show:
+            result = run_demo(cfg, show)
+        print(json.dumps(result), flush=True)
         return 0
+    with Phases() as show:
+        show.note(f"seedswarm demo: {cfg.peers} peers on loopback fine-tune {cfg.model or 'the bundled all-MiniLM-L6-v2'} "
+                  "on VADER sentiment, one byte per gradient")
+        result = run_demo(cfg, show)
     from rich.console import Console
-    from rich.live import Live
-    from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]seedswarm demo[/]: {cfg.peers} peers on loopback fine-tune "
-                  f"{cfg.model or 'the bundled all-MiniLM-L6-v2'} on VADER sentiment, one byte per gradient")
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
-        result = run_demo(cfg, on_update=lambda state: live.update(_demo_line(state)))
-    table = Table(title="seedswarm demo", show_header=False)
-    rows = [
-        ("held-out accuracy", f"{result['accuracy_before']:.1f}% -> {result['accuracy_after']:.1f}%"),
-        ("held-out loss", f"{result['loss_before']:.4f} -> {result['loss_after']:.4f}"),
-        ("peers x steps", f"{result['peers']} x {result['steps']} = {result['gradients']} one-byte gradients"),
-        ("payload per gradient", f"{result['payload_bytes_per_gradient']:.2f} B"),
-        ("record per gradient", f"{result['record_bytes_per_gradient']:.1f} B (msgpack record, headers included)"),
-        ("wire per gradient", "n/a" if result["wire_bytes_per_gradient"] is None
-         else f"{result['wire_bytes_per_gradient']:.0f} B (TCP payload, DHT + signatures + pushes, start-up included)"),
-        ("wire per gradient, steady", "n/a" if result["wire_bytes_per_gradient_steady"] is None
-         else f"{result['wire_bytes_per_gradient_steady']:.0f} B (median step)"),
-        ("replicas identical", "yes" if result["replicas_identical"] else "NO"),
-        ("late records / heals", f"{result['late_records']} / {result['heals']}"),
-        ("time", f"{result['seconds']:.0f} s"),
-        ("saved to", f"{result['out']}/model (save_pretrained), {result['out']}/model/ledger.ssl, {result['out']}/spec.json"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    Console(width=None if sys.stdout.isatty() else 100).print(demo_table(result))
     return 0
 
 
-def _demo_line(state: dict):
-    from rich.text import Text
+def demo_table(result: dict):
+    """The demo's summary: three narrow columns (under 100 characters wide), each number with
+    what it was measured on."""
+    from rich import box
+    from rich.table import Table
 
-    loss = "..." if state["loss"] is None else f"{state['loss']:.4f}"
-    acc = f"{state['accuracy']:.1f}% (step {state['accuracy_step']})"
-    payload = "..." if state["payload"] is None else f"{state['payload']:.2f} B/grad"
-    return Text(f"step {state['step']}/{state['steps']}  loss {loss}  held-out acc {acc}  peers {state['peers']}  "
-                f"payload {payload}  wire {_kb(state['wire_sent'])} sent")
+    r, kb = result, lambda b: "n/a" if b is None else f"{b / 1000:.1f} KB/gradient"
+    table = Table(title=f"seedswarm demo: {r['peers']} peers x {r['steps']} steps", box=box.SIMPLE_HEAD)
+    table.add_column("", style="bold", max_width=20)
+    table.add_column("result", max_width=30, overflow="fold")
+    table.add_column("measured on", max_width=42, style="dim")
+    rows = [
+        ("held-out accuracy", f"{r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}%",
+         f"all {r['test_examples']} held-out examples (never trained on): base -> final model"),
+        ("held-out loss", f"{r['loss_before']:.4f} -> {r['loss_after']:.4f}", "the same examples"),
+        ("gradients", f"{r['gradients']} x one byte", f"{r['peers']} peers x {r['steps']} steps"),
+        ("payload", f"{r['payload_bytes_per_gradient']:.2f} B/gradient", "the quantized projected gradient"),
+        ("record", f"{r['record_bytes_per_gradient']:.1f} B/gradient", "msgpack record, 34-byte peer id included"),
+        ("wire, whole run", kb(r["wire_bytes_per_gradient"]),
+         "TCP payload of all peers: DHT stores, RSA signatures, pushes, heartbeats; start-up included"),
+        ("wire, steady state", kb(r["wire_bytes_per_gradient_steady"]), "median step of each peer"),
+        ("replicas identical", "yes" if r["replicas_identical"] else "NO",
+         f"weight digests of the {r['peers']} peers and of the evaluator's replay"),
+        ("late records, heals", f"{r['late_records']}, {r['heals']}", "all peers"),
+        ("wall time", f"{r['seconds']:.0f} s", "everything above, on this machine"),
+        ("model", f"{r['out']}/model/", "save_pretrained folder + ledger.ssl"),
+        ("curves", r["curves"], "accuracy and loss per step (PNG)"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 # --- bootstrap, status, swarms ----------------------------------------------------------------------
