@@ -1,6 +1,6 @@
 """``seedswarm monitor``: a live web page of the swarms in a DHT (Starlette, served by uvicorn).
 
-The web app knows nothing about the DHT: it serves one page (``static/monitor.html``, all its
+The web app knows nothing about the DHT: it serves one page (``monitor.html``, all its
 CSS and JS inline, no CDN) and, at ``/api/snapshot?swarm=ID``, the dict a snapshot function
 returns (``observe.swarm_snapshot``'s schema). The page polls that endpoint and redraws.
 """
@@ -26,7 +26,7 @@ _SWARM_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 def page_html(refresh: float, default_swarm: str | None) -> str:
-    html = (resources.files("seedswarm.peer") / "static" / "monitor.html").read_text(encoding="utf-8")
+    html = (resources.files("seedswarm.peer") / "monitor.html").read_text(encoding="utf-8")
     settings = json.dumps({"refresh_ms": int(refresh * 1000), "default_swarm": default_swarm})
     return html.replace("/*SETTINGS*/{}", settings)
 

@@ -30,6 +30,7 @@ class Phases:
         self._title: str | None = None
         self._total: int | None = None
         self._shown = False  # a progress line of this phase was printed (plain)
+        self._line: str | None = None  # the latest progress line of this phase (plain)
         self._phase_started = self.started
         self._last_print = self.started
         self._task = None
@@ -67,7 +68,7 @@ class Phases:
         with self._lock:
             self._end_phase()
             self._title, self._phase_started = title, time.monotonic()
-            self._total, self._shown = total, False
+            self._total, self._shown, self._line = total, False, None
             if self._live is not None:
                 self._info.plain = detail
                 self._task = self._progress.add_task(title, total=total, count=f"0/{total}" if total else "")
@@ -83,10 +84,11 @@ class Phases:
                     self._total = total
                     self._progress.update(self._task, completed=done, total=total, count=f"{done}/{total}" if total else "")
                 self._info.plain = line
-            elif line and (not self._shown or time.monotonic() - self._last_print >= self.every
-                           or (self._total is not None and done >= self._total)):
-                self._shown = True
-                self._print(line.replace("\n", "  "))
+            elif line:
+                self._line = line.replace("\n", "  ")  # the ticker prints the latest one every `every` s
+                if not self._shown or (self._total is not None and done >= self._total):
+                    self._shown = True
+                    self._print(self._line)
 
     def note(self, text: str) -> None:
         """A line that stays (an event), printed above the live display."""
@@ -124,4 +126,4 @@ class Phases:
         while not self._stop.wait(1.0):
             with self._lock:
                 if self._title is not None and time.monotonic() - self._last_print >= self.every:
-                    self._print(f"... still {self._title} ({time.monotonic() - self._phase_started:.0f} s so far)")
+                    self._print(self._line or f"... still {self._title} ({time.monotonic() - self._phase_started:.0f} s so far)")
