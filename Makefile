@@ -32,6 +32,7 @@ test: setup
 bench: setup
 	$(BIN)/python scripts/bench_engine.py
 	$(BIN)/python scripts/bench_codec.py
+	$(BIN)/python scripts/bench_cli.py
 
 experiments: setup
 	$(BIN)/python scripts/experiments/run_all.py
