@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelLoadError, ProtocolError, DigestMismatch, IdentityError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
+        print(f"seedswarm {args.command}: stopped", file=sys.stderr)
         return 130
 
 

@@ -151,7 +151,7 @@ def cmd_peer(args) -> int:
     except PeerError as exc:
         raise UsageError(str(exc)) from None
     finally:
-        progress.close()
+        progress.close(interrupted=sys.exc_info()[0] is not None)
     print(json.dumps({"event": "summary", **summary}), flush=True)
     return 0
 
@@ -228,9 +228,9 @@ class Progress:
         elif kind in ("joined", "late", "heal", "healed", "resumed"):
             self._note(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"))
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
         if self.show is not None:
-            self.show.close()
+            self.show.close(interrupted)
             self.show = None
 
 

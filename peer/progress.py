@@ -59,8 +59,8 @@ class Phases:
             self._ticker.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(interrupted=exc_type is not None)
 
     def phase(self, title: str, detail: str = "", total: int | None = None) -> None:
         """A new phase starts (the previous one is done): a short title, what it does, and how
@@ -98,9 +98,9 @@ class Phases:
             else:
                 self._print(text)
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
         with self._lock:
-            self._end_phase()
+            self._end_phase(interrupted)
             self._title = None
         self._stop.set()
         if self._live is not None:
@@ -108,12 +108,15 @@ class Phases:
             self._live = None
 
     # --- inside --------------------------------------------------------------------------------------
-    def _end_phase(self) -> None:
+    def _end_phase(self, interrupted: bool = False) -> None:
         if self._live is not None and self._task is not None:
-            task = self._progress.tasks[-1]
-            self._progress.update(self._task, total=task.total or 1, completed=task.total or 1)
-            self._info.plain = ""
+            if not interrupted:  # an interrupted phase keeps its spinner, without a tick
+                task = self._progress.tasks[-1]
+                self._progress.update(self._task, total=task.total or 1, completed=task.total or 1)
+                self._info.plain = ""
             self._progress.stop_task(self._task)
+        elif self._live is None and self._title is not None and interrupted:
+            self._print(f"{self._title}: stopped after {time.monotonic() - self._phase_started:.0f} s")
         elif self._live is None and self._title is not None and time.monotonic() - self._phase_started >= self.every:
             self._print(f"{self._title}: done in {time.monotonic() - self._phase_started:.0f} s")
         self._task = None
