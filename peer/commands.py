@@ -303,6 +303,9 @@ def demo_table(result: dict):
 
 
 # --- bootstrap, status, swarms ----------------------------------------------------------------------
+_CLIENT_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
 def _client_dht(initial_peers):
     """A short-lived client node for the read-only commands; shut down on leaving."""
@@ -313,10 +316,15 @@ def _client_dht(initial_peers):
     if not initial_peers:
         raise UsageError("--initial-peers is required: the multiaddr of any node of the DHT")
     identity = load_identity(tempfile.mkdtemp(prefix="seedswarm-client-") + "/id.key")
-    try:
-        dht = ReapedDHT(initial_peers=initial_peers, client_mode=True, start=True, record_validators=validators(identity))
-    except Exception as exc:
-        raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers}: {exc}") from None
+    for attempt in range(_CLIENT_ATTEMPTS):  # a busy node can miss p2pd's bootstrap deadline once
+        try:
+            dht = ReapedDHT(initial_peers=initial_peers, client_mode=True, start=True, record_validators=validators(identity))
+            break
+        except Exception as exc:
+            if attempt + 1 == _CLIENT_ATTEMPTS:
+                raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers} "
+                                 f"({_CLIENT_ATTEMPTS} attempts): {exc}") from None
+            time.sleep(1.0)
     try:
         yield dht
     finally:
