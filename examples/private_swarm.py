@@ -1,6 +1,6 @@
 """A private swarm of two peers in one script: your own model, loss and data.
 
-    python examples/private_swarm.py [--steps 60]
+    .venv/bin/python examples/private_swarm.py [--steps 60]     # after `make demo` or `make setup`
 
 Each peer is a full seedswarm node (its own DHT process and libp2p identity), exactly what
 `seedswarm peer` runs; here they live in one Python process and train a small regression
@@ -84,7 +84,9 @@ def main() -> None:
         "eval_loss_after": round(after, 5),
         "replicas_identical": summaries[0]["digest"] == summaries[1]["digest"],
         "payload_bytes_per_gradient": summaries[0]["payload_bytes_per_gradient"],
+        # one record carries samples_per_step one-byte gradients (2 here): a ~45-byte record is 22.5 B per gradient
         "record_bytes_per_gradient": summaries[0]["record_bytes_per_gradient"],
+        "gradients_per_record": spec.samples_per_step,
     }))
 
 

@@ -88,4 +88,15 @@ def save_model_folder(
         info["records"] = len(records)
         info["steps"] = max((r.step for r in records), default=-1) + 1
     (out / META_NAME).write_text(json.dumps(info, indent=2, sort_keys=True))
+    _usual_modes(out)
     return digest
+
+
+def _usual_modes(folder: Path) -> None:
+    """transformers writes model.safetensors through a private temporary file (mode 0600): give
+    every file the mode a plain write gets (0644 under the usual umask 022), like the others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)

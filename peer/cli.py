@@ -47,14 +47,24 @@ def _task_ref(text: str):
         ) from None
 
 
+def _phases():
+    """Progress of a command's slow phases on stderr (stdout carries its result)."""
+    from .progress import Phases
+
+    return Phases(out=sys.stderr)
+
+
 def cmd_eval(args) -> int:
     from ..model import evaluate, load_model, read_jsonl
     from ..model.tasks import build_task, task_model_class
 
     ref = _task_ref(args.task)
     examples = read_jsonl(args.data)
-    model, tokenizer = load_model(args.model, task_model_class(ref))
-    result = evaluate(model, build_task(ref, tokenizer), examples, args.batch_size)
+    with _phases() as show:
+        show.phase("load model", args.model or "the bundled all-MiniLM-L6-v2")
+        model, tokenizer = load_model(args.model, task_model_class(ref))
+        show.phase("evaluate", f"{len(examples)} examples of {args.data}")
+        result = evaluate(model, build_task(ref, tokenizer), examples, args.batch_size)
     if args.json:
         print(json.dumps(result))
     else:
@@ -66,8 +76,11 @@ def cmd_eval(args) -> int:
 def cmd_replay(args) -> int:
     from .artifacts import replay_ledger, save_model_folder
 
-    model, tokenizer, spec, records = replay_ledger(args.ledger, args.base)
-    digest = save_model_folder(args.out, model, tokenizer, spec, records)
+    with _phases() as show:
+        show.phase("replay", f"load the base weights, check their digest, apply the records of {args.ledger}")
+        model, tokenizer, spec, records = replay_ledger(args.ledger, args.base)
+        show.phase("save", f"{args.out}/ (save_pretrained + ledger)")
+        digest = save_model_folder(args.out, model, tokenizer, spec, records)
     print(json.dumps({"out": str(args.out), "digest": digest, "records": len(records), "swarm_id": spec.swarm_id_hex}) if args.json
           else f"replayed {len(records)} records of swarm {spec.swarm_id_hex[:16]}... into {args.out}\ndigest {digest}")
     return 0
@@ -76,7 +89,10 @@ def cmd_replay(args) -> int:
 def cmd_digest(args) -> int:
     from ..model import load_saved, weight_digest
 
-    print(weight_digest(load_saved(args.folder)))
+    with _phases() as show:
+        show.phase("digest", f"load {args.folder} and hash its weights")
+        digest = weight_digest(load_saved(args.folder))
+    print(digest)
     return 0
 
 
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelLoadError, ProtocolError, DigestMismatch, IdentityError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
+        print(f"seedswarm {args.command}: stopped", file=sys.stderr)
         return 130
 
 

@@ -4,12 +4,12 @@
     seedswarm peer --swarm-spec F | --swarm ID --data F.jsonl [--initial-peers ...] [...]
     seedswarm status --initial-peers ... [--swarm ID] [--json]
     seedswarm swarms --initial-peers ... [--json]
+    seedswarm monitor --initial-peers ... [--swarm ID] [--port 8000]   a live web page
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import signal
@@ -86,6 +86,14 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("monitor", help="a live web page of the swarms in the DHT: peers, steps, loss curve, join command")
+    _network_flags(p, host=False)
+    p.add_argument("--swarm", default=None, metavar="ID", help="the swarm the page opens on (default: the one with most peers)")
+    p.add_argument("--host", default="127.0.0.1", help="where the web page listens (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="web page port (default 8000; 0: any free port)")
+    p.add_argument("--refresh", type=float, default=2.0, help="seconds between page refreshes (default 2)")
+    p.set_defaults(func=cmd_monitor)
+
     p = sub.add_parser("swarms", help="swarms announced in the DHT, with the command to join each")
     _network_flags(p, host=False)
     p.add_argument("--json", action="store_true")
@@ -130,7 +138,7 @@ def cmd_peer(args) -> int:
         config.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    progress = Progress(quiet=args.quiet)
+    progress = Progress(quiet=args.quiet, steps=args.steps, min_peers=args.min_peers)
     peer = Node(config, on_event=progress)
 
     async def main() -> dict:
@@ -144,13 +152,16 @@ def cmd_peer(args) -> int:
         summary = _run_until_signal(main())
     except PeerError as exc:
         raise UsageError(str(exc)) from None
-    progress.close()
+    finally:
+        progress.close(interrupted=sys.exc_info()[0] is not None)
     print(json.dumps({"event": "summary", **summary}), flush=True)
     return 0
 
 
 def _run_until_signal(coro):
     """Run the peer; SIGTERM and SIGINT stop it gracefully (announced leave)."""
+    import asyncio
+
     loop = asyncio.new_event_loop()
     task = loop.create_task(coro)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,44 +176,64 @@ def _run_until_signal(coro):
 
 
 class Progress:
-    """A live progress line on a terminal (rich); one line per step otherwise."""
+    """What `seedswarm peer` shows, phase by phase (progress.Phases: a live display on a terminal,
+    a plain line every few seconds otherwise). --quiet: only how others can join."""
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.tty = sys.stdout.isatty()
-        self._status = None
+    def __init__(self, quiet: bool = False, steps: int = 0, min_peers: int = 1) -> None:
+        from .progress import Phases
+
+        self.quiet, self.steps, self.min_peers = quiet, steps, min_peers
+        self.show = None if quiet else Phases(every=5.0).__enter__()
+        self._phase = None
         self._last = time.monotonic()
+        self._phase_to("start", "the DHT node (p2pd), then the model and the swarm's spec")
+
+    def _phase_to(self, name: str, detail: str, total: int | None = None) -> None:
+        if self.show is not None and name != self._phase:
+            self._phase = name
+            self.show.phase(name, detail, total)
+
+    def _note(self, text: str) -> None:
+        if self.show is not None:
+            self.show.note(text)
+        else:
+            print(text, flush=True)
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
         if kind == "started":
-            print(f"seedswarm peer {event['peer_id']} in swarm {event['swarm_id']}", flush=True)
-            print("others can join with: --initial-peers " + " ".join(event["maddrs"]), flush=True)
+            self._note(f"seedswarm peer {event['peer_id']} in swarm {event['swarm_id']}")
+            self._note("others can join with: --initial-peers " + " ".join(event["maddrs"]))
+            if self.min_peers > 1:
+                self._phase_to("wait for peers", f"until {self.min_peers} peers (this one included) are up (--min-peers)")
+            else:
+                self._phase_to("find the swarm", "look for peers already training, and where they are")
             return
-        if self.quiet:
+        if self.show is None:
             return
         if kind == "step":
             now = time.monotonic()
-            line = (f"step {event['step']:>5}  loss {event['loss'] if event['loss'] is None else round(event['loss'], 4)}  "
-                    f"peers {event['peers']}  records {event['records']}  "
-                    f"wire {_kb(event.get('wire_sent'))} sent  {now - self._last:.2f}s/step")
+            done = event["step"] + 1
+            loss = "n/a" if event["loss"] is None else f"{event['loss']:.4f}"
+            line = (f"step {done}/{self.steps}  training loss {loss} (this peer's latest batch)  {event['peers']} peers "
+                    f"(this one and its neighbours)  {event['records']} records sealed this step\n"
+                    f"wire {_kb(event.get('wire_sent'))} sent by this peer so far  {now - self._last:.2f} s/step")
             self._last = now
-            if self.tty:
-                if self._status is None:
-                    from rich.console import Console
-
-                    self._status = Console().status(line)
-                    self._status.start()
-                self._status.update(line)
-            else:
-                print(line, flush=True)
-        elif kind in ("joining", "joined", "late", "heal", "healed", "split", "banned", "ledger_damaged",
+            self._phase_to("train", f"until the swarm has sealed {self.steps} steps", total=self.steps)
+            self.show.progress(done, line)
+            if done >= self.steps:
+                self._phase_to("finish", "wait for the others to reach the last step, apply late records, "
+                                         "agree on the final weight digest")
+        elif kind == "joining":
+            self._phase_to("catch up", f"the swarm is at step {event['frontier']}: joining by {event['by']}")
+        elif kind in ("joined", "late", "heal", "healed", "resumed", "split", "banned", "ledger_damaged",
                       "proof_of_work", "join_checkpoint", "join_replay", "checkpoint_installed"):
-            print(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"), flush=True)
+            self._note(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"))
 
-    def close(self) -> None:
-        if self._status is not None:
-            self._status.stop()
+    def close(self, interrupted: bool = False) -> None:
+        if self.show is not None:
+            self.show.close(interrupted)
+            self.show = None
 
 
 def _fmt(x) -> str:
@@ -216,59 +247,67 @@ def _kb(x) -> str:
 # --- demo ----------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, check_out_dir, run_demo
+    from .progress import Phases
 
     if args.peers < 1 or args.steps < 1:
         raise UsageError("--peers and --steps must be at least 1")
-    cfg = DemoConfig(peers=args.peers, steps=args.steps, out=args.out, model=args.model, lr=args.lr, live=not args.json)
+    cfg = DemoConfig(peers=args.peers, steps=args.steps, out=args.out, model=args.model, lr=args.lr)
     try:
         check_out_dir(Path(cfg.out))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.json:
-        print(json.dumps(run_demo(cfg)), flush=True)
+    if args.json:  # stdout is the JSON object; progress goes to stderr as plain lines
+        with Phases(tty=False, out=sys.stderr) as show:
+            result = run_demo(cfg, show)
+        print(json.dumps(result), flush=True)
         return 0
+    with Phases() as show:
+        show.note(f"seedswarm demo: {cfg.peers} peers on loopback fine-tune {cfg.model or 'the bundled all-MiniLM-L6-v2'} "
+                  "on VADER sentiment, one byte per gradient")
+        result = run_demo(cfg, show)
     from rich.console import Console
-    from rich.live import Live
-    from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]seedswarm demo[/]: {cfg.peers} peers on loopback fine-tune "
-                  f"{cfg.model or 'the bundled all-MiniLM-L6-v2'} on VADER sentiment, one byte per gradient")
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
-        result = run_demo(cfg, on_update=lambda state: live.update(_demo_line(state)))
-    table = Table(title="seedswarm demo", show_header=False)
-    rows = [
-        ("held-out accuracy", f"{result['accuracy_before']:.1f}% -> {result['accuracy_after']:.1f}%"),
-        ("held-out loss", f"{result['loss_before']:.4f} -> {result['loss_after']:.4f}"),
-        ("peers x steps", f"{result['peers']} x {result['steps']} = {result['gradients']} one-byte gradients"),
-        ("payload per gradient", f"{result['payload_bytes_per_gradient']:.2f} B"),
-        ("record per gradient", f"{result['record_bytes_per_gradient']:.1f} B (msgpack record, headers included)"),
-        ("wire per gradient", "n/a" if result["wire_bytes_per_gradient"] is None
-         else f"{result['wire_bytes_per_gradient']:.0f} B (TCP payload, DHT + signatures + pushes, start-up included)"),
-        ("wire per gradient, steady", "n/a" if result["wire_bytes_per_gradient_steady"] is None
-         else f"{result['wire_bytes_per_gradient_steady']:.0f} B (median step)"),
-        ("replicas identical", "yes" if result["replicas_identical"] else "NO"),
-        ("late records / heals", f"{result['late_records']} / {result['heals']}"),
-        ("time", f"{result['seconds']:.0f} s"),
-        ("saved to", f"{result['out']}/model (save_pretrained), {result['out']}/model/ledger.ssl, {result['out']}/spec.json"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    Console(width=None if sys.stdout.isatty() else 100).print(demo_table(result))
     return 0
 
 
-def _demo_line(state: dict):
-    from rich.text import Text
+def demo_table(result: dict):
+    """The demo's summary: three narrow columns (under 100 characters wide), each number with
+    what it was measured on."""
+    from rich import box
+    from rich.table import Table
 
-    loss = "..." if state["loss"] is None else f"{state['loss']:.4f}"
-    acc = f"{state['accuracy']:.1f}% (step {state['accuracy_step']})"
-    payload = "..." if state["payload"] is None else f"{state['payload']:.2f} B/grad"
-    return Text(f"step {state['step']}/{state['steps']}  loss {loss}  held-out acc {acc}  peers {state['peers']}  "
-                f"payload {payload}  wire {_kb(state['wire_sent'])} sent")
+    r, kb = result, lambda b: "n/a" if b is None else f"{b / 1000:.1f} KB/gradient"
+    table = Table(title=f"seedswarm demo: {r['peers']} peers x {r['steps']} steps", box=box.SIMPLE_HEAD)
+    table.add_column("", style="bold", max_width=20)
+    table.add_column("result", max_width=30, overflow="fold")
+    table.add_column("measured on", max_width=42, style="dim")
+    rows = [
+        ("held-out accuracy", f"{r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}%",
+         f"all {r['test_examples']} held-out examples (never trained on): base -> final model"),
+        ("held-out loss", f"{r['loss_before']:.4f} -> {r['loss_after']:.4f}", "the same examples"),
+        ("gradients", f"{r['gradients']} x one byte", f"{r['peers']} peers x {r['steps']} steps"),
+        ("payload", f"{r['payload_bytes_per_gradient']:.2f} B/gradient", "the quantized projected gradient"),
+        ("record", f"{r['record_bytes_per_gradient']:.1f} B/gradient", "msgpack record, 34-byte peer id included"),
+        ("wire, whole run", kb(r["wire_bytes_per_gradient"]),
+         "TCP payload of all peers: DHT stores, RSA signatures, pushes, heartbeats; start-up included"),
+        ("wire, steady state", kb(r["wire_bytes_per_gradient_steady"]), "median step of each peer"),
+        ("replicas identical", "yes" if r["replicas_identical"] else "NO",
+         f"weight digests of the {r['peers']} peers and of the evaluator's replay"),
+        ("late records, heals", f"{r['late_records']}, {r['heals']}", "all peers"),
+        ("wall time", f"{r['seconds']:.0f} s", "everything above, on this machine"),
+        ("model", f"{r['out']}/model/", "save_pretrained folder + ledger.ssl"),
+        ("curves", r["curves"], "accuracy and loss per step (PNG)"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 # --- bootstrap, status, swarms ----------------------------------------------------------------------
+_CLIENT_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
 def _client_dht(initial_peers):
     """A short-lived client node for the read-only commands; shut down on leaving."""
@@ -278,10 +317,15 @@ def _client_dht(initial_peers):
     if not initial_peers:
         raise UsageError("--initial-peers is required: the multiaddr of any node of the DHT")
     identity = load_identity(tempfile.mkdtemp(prefix="seedswarm-client-") + "/id.key")
-    try:
-        dht = SwarmDHT.start(identity.signer, str(identity.path), initial_peers=initial_peers, client_mode=True)
-    except Exception as exc:
-        raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers}: {exc}") from None
+    for attempt in range(_CLIENT_ATTEMPTS):  # a busy node can miss p2pd's bootstrap deadline once
+        try:
+            dht = SwarmDHT.start(identity.signer, str(identity.path), initial_peers=initial_peers, client_mode=True)
+            break
+        except Exception as exc:
+            if attempt + 1 == _CLIENT_ATTEMPTS:
+                raise UsageError(f"--initial-peers: could not join the DHT through {initial_peers} "
+                                 f"({_CLIENT_ATTEMPTS} attempts): {exc}") from None
+            time.sleep(1.0)
     try:
         yield dht
     finally:
@@ -298,8 +342,19 @@ def cmd_bootstrap(args) -> int:
                              host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs)
     except Exception as exc:
         raise UsageError(f"could not start the DHT node (check --host-maddrs / --identity-path): {exc}") from None
-    print("seedswarm bootstrap node", identity.peer_id, flush=True)
-    print("--initial-peers " + " ".join(dht.maddrs()), flush=True)
+    maddrs = dht.maddrs()
+    print(f"seedswarm bootstrap node {identity.peer_id} (a DHT node only: it trains nothing)", flush=True)
+    print("peers, monitors and `seedswarm status` join through it with:", flush=True)
+    print("--initial-peers " + " ".join(maddrs), flush=True)
+    if all(_is_loopback(m) for m in maddrs):
+        print("this listens on loopback only: reachable from this machine alone. For other machines, listen on\n"
+              "every interface with a fixed port, announce the address they can dial, and keep the peer id stable:\n"
+              "  seedswarm bootstrap --host-maddrs /ip4/0.0.0.0/tcp/31337 --announce-maddrs /ip4/PUBLIC_IP/tcp/31337 "
+              "--identity-path bootstrap.key\n"
+              "(open TCP port 31337 in the firewall; PUBLIC_IP is the address others reach this machine at)", flush=True)
+    elif not args.identity_path:
+        print("without --identity-path the peer id (the /p2p/... part) changes on every restart", flush=True)
+    print("Ctrl-C stops it" + (f" (or it stops by itself after {args.duration:g} s)" if args.duration else ""), flush=True)
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))
@@ -310,20 +365,8 @@ def cmd_bootstrap(args) -> int:
     return 0
 
 
-def _swarm_rows(dht) -> dict[str, dict]:
-    rows = {}
-    for swarm, ann in asyncio.run(dht.directory()).items():
-        rows[swarm.hex()] = {"swarm_id": swarm.hex(), "name": ann.name, "model": ann.model, "task": ann.task,
-                             "peers": ann.peers, "step": ann.step}
-    return rows
-
-
-def _peer_rows(dht, swarm: bytes) -> list[dict]:
-    from hivemind.p2p import PeerID
-
-    members = asyncio.run(dht.members(swarm))
-    rows = [{"peer_id": str(PeerID(owner)), **info.to_obj()} for owner, info in members.items()]
-    return sorted(rows, key=lambda r: r["peer_id"])
+def _is_loopback(maddr: str) -> bool:
+    return maddr.startswith(("/ip4/127.", "/ip6/::1/"))
 
 
 def cmd_status(args) -> int:
@@ -331,9 +374,11 @@ def cmd_status(args) -> int:
         chosen = [parse_swarm_id(args.swarm)] if args.swarm else None
     except ProtocolError as exc:
         raise UsageError(f"--swarm: {exc}") from None
+    from .observe import swarm_snapshot
+
     with _client_dht(args.initial_peers) as dht:
-        swarms = chosen or [bytes.fromhex(s) for s in _swarm_rows(dht)]
-        report = {s.hex(): _peer_rows(dht, s) for s in swarms}
+        swarms = chosen or [bytes.fromhex(row["swarm_id"]) for row in swarm_snapshot(dht)["swarms"]]
+        report = {s.hex(): swarm_snapshot(dht, s)["swarm"]["peers"] for s in swarms}
     if args.json:
         print(json.dumps(report))
         return 0
@@ -349,15 +394,44 @@ def cmd_status(args) -> int:
 
 
 def cmd_swarms(args) -> int:
+    from .observe import swarm_snapshot
+
     with _client_dht(args.initial_peers) as dht:
-        rows = list(_swarm_rows(dht).values())
+        rows = swarm_snapshot(dht, initial_peers=args.initial_peers)["swarms"]
     if args.json:
         print(json.dumps(rows))
         return 0
     if not rows:
         print("no swarm announced in this DHT")
-    peers = " ".join(args.initial_peers)
     for r in rows:
         print(f"{r['swarm_id']}  {r['name']!r}  model {r['model']}  task {r['task']}  peers {r['peers']}  step {r['step']}")
-        print(f"  join: seedswarm peer --swarm {r['swarm_id']} --initial-peers {peers} --data YOUR.jsonl")
+        print(f"  join: {r['join_command']}")
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    try:
+        default_swarm = parse_swarm_id(args.swarm).hex() if args.swarm else None
+    except ProtocolError as exc:
+        raise UsageError(f"--swarm: {exc}") from None
+    if args.refresh <= 0:
+        raise UsageError("--refresh must be positive")
+    from .monitor import Poller, create_app, listen, serve
+    from .observe import LossHistory, swarm_snapshot
+
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        raise UsageError(f"--host/--port: cannot listen on {args.host}:{args.port} ({exc.strerror}); try --port 0") from None
+    history = LossHistory()
+    with _client_dht(args.initial_peers) as dht:
+        def take(swarm):
+            return swarm_snapshot(dht, swarm, initial_peers=args.initial_peers, history=history)
+
+        with Poller(take, interval=args.refresh) as poller:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"seedswarm monitor: open http://{shown}:{port}/ (refreshes every {args.refresh:g} s; Ctrl-C stops it)",
+                  flush=True)
+            serve(create_app(poller, refresh=args.refresh, default_swarm=default_swarm), sock)
     return 0

@@ -393,14 +393,17 @@ class Node:
 
     def _member_info(self) -> MemberInfo:
         core = self.core
+        digest_step = max(core.digests, default=0)
+        digest = core.digests.get(digest_step)
         sent, received = self.wire or (0, 0)
         loss = self.loss if self.loss is not None and math.isfinite(self.loss) else None
         return MemberInfo(step=core.sealed, status=PHASE_STATUS.get(core.phase, "training"), name=self.config.name[:64],
                           loss=loss, step_time_ms=int(core.step_time * 1000),
                           checkpoint=core.sealed // core.cfg.checkpoint_every * core.cfg.checkpoint_every,
-                          sent=sent, received=received, heals=core.heals, rejected=sum(core.reasons.values()),
+                          sent=sent, received=received, heals=core.heals, late=core.late_applied,
+                          rejected=sum(core.reasons.values()),
                           suspects={m.hex(): n for m, n in core.rejects_of.most_common(8)},
-                          peers=len(core.gossip.links))
+                          peers=len(core.gossip.links), digest=digest.hex() if digest else "", digest_step=digest_step)
 
     # =========================================================================== train, stop
     async def train(self) -> dict:

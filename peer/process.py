@@ -4,7 +4,8 @@ hivemind runs its DHT in a forked child process, which starts the Go ``p2pd`` da
 the peer is killed (SIGKILL, OOM killer) both keep running, holding ports and the peer's
 identity. ``ReapedDHT`` asks the kernel (``PR_SET_PDEATHSIG``) to SIGKILL the DHT process
 when the peer dies, and the same for p2pd when the DHT process dies, so nothing outlives
-the peer. On systems without prctl (macOS) this is a no-op and hivemind's own shutdown
+the peer. p2pd runs in its own process group, so a Ctrl-C at the terminal reaches only the
+peer (hivemind's DHT process ignores SIGINT), which then shuts everything down in order. On systems without prctl (macOS) this is a no-op and hivemind's own shutdown
 still runs on a normal exit.
 """
 
@@ -32,6 +33,16 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _reaped_daemon() -> None:
+    """In the p2pd child before exec: die with the DHT process, and leave the terminal's
+    process group. Ctrl-C sends SIGINT to the whole foreground group; p2pd would quit on it at
+    once (hivemind relays its "accept ... use of closed network connection" ERROR, then times
+    out shutting the DHT down: a WARN) while the peer is still leaving the swarm. Out of the
+    group, p2pd is stopped by hivemind's own shutdown (SIGTERM), or by PDEATHSIG."""
+    die_with_parent()
+    os.setpgid(0, 0)
+
+
 class ReapedDHT(hivemind.DHT):
     """hivemind.DHT whose process, and the p2pd it starts, die with the peer that created it.
 
@@ -46,7 +57,7 @@ class ReapedDHT(hivemind.DHT):
         spawn = asyncio.subprocess.create_subprocess_exec
 
         async def spawn_reaped(*args, **kwargs):
-            kwargs.setdefault("preexec_fn", die_with_parent)
+            kwargs.setdefault("preexec_fn", _reaped_daemon)
             return await spawn(*args, **kwargs)
 
         asyncio.subprocess.create_subprocess_exec = spawn_reaped  # only inside this child process

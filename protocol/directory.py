@@ -67,11 +67,14 @@ class MemberInfo:
     sent: int = 0            # wire bytes so far
     received: int = 0
     heals: int = 0
+    late: int = 0            # late records it applied
     rejected: int = 0        # inputs this peer refused
     suspects: dict = field(default_factory=dict)  # machine hex -> records refused of that author (top 8)
     reach: str = "unknown"   # public, relayed (through a relay), private (cannot be dialed)
     relay: str = ""          # the relay's peer id, when relayed
     peers: int = 0           # its neighbours
+    digest: str = ""         # its weight digest (hex) after digest_step sealed steps ("" / 0: none yet)
+    digest_step: int = 0
 
     def to_obj(self) -> dict:
         return asdict(self)
@@ -110,8 +113,11 @@ def _exact_fields(kind, obj: object, what: str) -> dict:
 
 def decode_member(obj: object) -> MemberInfo:
     d = _exact_fields(MemberInfo, obj, "member entry")
-    for k in ("step", "step_time_ms", "checkpoint", "sent", "received", "heals", "rejected", "peers"):
+    for k in ("step", "step_time_ms", "checkpoint", "sent", "received", "heals", "late", "rejected", "peers",
+              "digest_step"):
         _uint(d[k], f"member.{k}")
+    if type(d["digest"]) is not str or len(d["digest"]) not in (0, 64) or d["digest"].strip("0123456789abcdef"):
+        raise ProtocolError("member.digest must be empty or 64 lowercase hex characters")
     if d["status"] not in STATUSES or d["reach"] not in REACH:
         raise ProtocolError("member status or reach is not a known value")
     _text(d["name"], "member.name", 64)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+from seedswarm.model.data import sentiment_examples, shard, split, write_jsonl
 from seedswarm.model.loading import bundled_path
 from seedswarm.model.tasks import PRESETS
 from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, SwarmSpec
@@ -54,3 +55,24 @@ TEXTS = [
     {"text": f"The movie was {w}.", "label": int(l)}
     for w, l in [("great", 1), ("awful", 0), ("fine", 1), ("boring", 0), ("superb", 1), ("dull", 0), ("lovely", 1), ("bad", 0)]
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_swarm(tmp_path_factory):
+    """For real peer processes: a tiny model folder (random BERT + the bundled tokenizer), a
+    swarm spec using it (spec.json), three disjoint data shards (data{0,1,2}.jsonl) and a
+    held-out file (test.jsonl)."""
+    import dataclasses
+
+    from seedswarm.peer.demo import default_spec
+
+    root = tmp_path_factory.mktemp("swarm")
+    tiny_bert().save_pretrained(root / "tiny")
+    transformers.AutoTokenizer.from_pretrained(bundled_path()).save_pretrained(root / "tiny")
+    train, test = split(sentiment_examples())
+    for i in range(3):
+        write_jsonl(root / f"data{i}.jsonl", shard(train, i, 3))
+    write_jsonl(root / "test.jsonl", test[:300])
+    spec = dataclasses.replace(default_spec(model=str(root / "tiny"), lr=1e-3), digest_every=5, batch_size=16, name="test")
+    (root / "spec.json").write_text(spec.to_json())
+    return root

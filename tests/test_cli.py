@@ -60,6 +60,8 @@ def test_replay_writes_a_loadable_model_whose_digest_matches_live_training(capsy
     assert code == 0 and json.loads(out)["digest"] == live.digest()
     code, out, _ = run(capsys, "digest", str(out_dir))
     assert out.strip() == live.digest()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out_dir.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors is no private file among public ones
     meta = json.loads((out_dir / "seedswarm.json").read_text())
     assert meta["swarm_id"] == spec.swarm_id_hex and meta["records"] == 5
 

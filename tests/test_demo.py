@@ -1,6 +1,7 @@
 """The main job: `seedswarm demo` runs real peers, learns, and leaves a reproducible model."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,18 @@ def test_demo_learns_and_its_ledger_replays_to_the_saved_model(tmp_path):
     digest = subprocess.run([EXE, "digest", str(out / "model")], capture_output=True, text=True, timeout=300)
     assert digest.stdout.strip() == result["digest"]
     assert (out / "spec.json").exists()
+
+    # every phase was announced (plain lines on stderr: --json keeps stdout for the result)
+    for phase in ("load model:", "evaluate base model:", "start peers:", "train:", "finish:", "final evaluation:", "save:"):
+        assert phase in proc.stderr, (phase, proc.stderr[-3000:])
+    # the curves next to the model, the saved files all readable alike, a narrow summary table
+    assert Path(result["curves"]) == out / "curves.png" and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["eval_subset"] == 256 and result["test_examples"] > 1000 and len(result["train_loss"]) == 20
+    assert len({p.stat().st_mode & 0o777 for p in (out / "model").iterdir()}) == 1
+    from rich.console import Console
+
+    from seedswarm.peer.commands import demo_table
+
+    console = Console(width=300, record=True, file=open(os.devnull, "w"))
+    console.print(demo_table(result))
+    assert max(len(line.rstrip()) for line in console.export_text().splitlines()) <= 100

@@ -1,5 +1,7 @@
 """The experiments pipeline end to end at toy size: every run of the plan, the codec bench,
-the report (markdown, plots, raw JSON). The real numbers come from `make experiments`."""
+the report (markdown, plots, raw JSON). Toy size: a tiny random BERT instead of MiniLM and a
+64-example held-out set, so it takes seconds; the same code paths run as in `make
+experiments`, which produces the real numbers."""
 
 import json
 import subprocess
@@ -12,10 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_run_all_writes_results_tables_and_plots(tmp_path):
+def test_run_all_writes_results_tables_and_plots(tmp_path, tiny_swarm):
     script = ROOT / "scripts" / "experiments" / "run_all.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--steps", "2", "--eval-size", "32", "--no-demo",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--steps", "2", "--eval-size", "32", "--test-size", "64",
+                           "--no-demo", "--model", str(tiny_swarm / "tiny"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for png in ("accuracy_vs_step.png", "accuracy_vs_bytes.png", "codecs.png", "steps_to_target.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
@@ -26,5 +29,6 @@ def test_run_all_writes_results_tables_and_plots(tmp_path):
     assert len(one_byte["grads"]) == 2 and all(b > 0 for b in one_byte["record_bytes"])
     assert raw["bench"]["bits_on_the_wire"]["ours"] == 8
     md = (tmp_path / "RESULTS.md").read_text()
-    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "--no-demo"):
+    assert raw["setting"]["model"] == str(tiny_swarm / "tiny") and raw["setting"]["test"] == 64
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "--no-demo", "--test-size"):
         assert section in md

@@ -8,7 +8,6 @@ process outlives its peer, bad actors change nothing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import subprocess
@@ -19,32 +18,19 @@ from pathlib import Path
 import pytest
 import transformers
 
-from conftest import tiny_bert
 from seedswarm.model import build_task, evaluate, read_jsonl
-from seedswarm.model.data import sentiment_examples, shard, split, write_jsonl
 from seedswarm.model.digest import weight_digest
-from seedswarm.model.loading import bundled_path
 from seedswarm.model.replica import replay
 from seedswarm.peer.launcher import PeerProcess
-from seedswarm.peer.demo import default_spec
 from seedswarm.protocol import Record, decode_ledger
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny model folder, a swarm spec using it, and disjoint data shards."""
-    root = tmp_path_factory.mktemp("swarm")
-    tiny_bert().save_pretrained(root / "tiny")
-    transformers.AutoTokenizer.from_pretrained(bundled_path()).save_pretrained(root / "tiny")
-    train, test = split(sentiment_examples())
-    for i in range(3):
-        write_jsonl(root / f"data{i}.jsonl", shard(train, i, 3))
-    write_jsonl(root / "test.jsonl", test[:300])
-    spec = dataclasses.replace(default_spec(model=str(root / "tiny"), lr=1e-3), digest_every=5, batch_size=16, name="test")
-    (root / "spec.json").write_text(spec.to_json())
-    return root
+def setup(tiny_swarm):
+    """A tiny model folder, a swarm spec using it, and disjoint data shards (conftest)."""
+    return tiny_swarm
 
 
 def peer(setup, run: Path, name: str, data: int, *extra: str, steps: int) -> PeerProcess:

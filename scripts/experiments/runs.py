@@ -75,25 +75,34 @@ class RunResult:
     diverged: str = ""
 
 
+def evenly_spaced(examples: list, n: int) -> list:
+    """n examples spread over the list (the held-out set is in lexicon, i.e. alphabetical, order,
+    so the first n would all be early letters)."""
+    n = min(n, len(examples))
+    return [examples[i * len(examples) // n] for i in range(n)]
+
+
 class Setting:
     """Model, task and data shared by all runs; every run gets a freshly loaded model."""
 
-    def __init__(self, eval_size: int) -> None:
+    def __init__(self, eval_size: int, model: str | None = None, test_size: int | None = None) -> None:
         torch.set_num_threads(2)
-        model, self.tokenizer = load_model(None)
-        self.numel = sum(p.numel() for p in model.parameters())
+        self.model_id = model or BUNDLED_ID
+        net, self.tokenizer = load_model(model)
+        self.numel = sum(p.numel() for p in net.parameters())
         self.task = build_task(PRESETS["sentiment"], self.tokenizer)
         self.train, self.test = split(sentiment_examples())
-        n = min(eval_size, len(self.test))  # evenly spaced: the held-out set is in lexicon (alphabetical) order
-        self.eval_set = [self.test[i * len(self.test) // n] for i in range(n)]
+        self.test_full = len(self.test)
+        self.test = evenly_spaced(self.test, test_size or len(self.test))
+        self.eval_set = evenly_spaced(self.test, eval_size)
 
     def spec(self, perturbation: str = "rademacher") -> SwarmSpec:
-        return SwarmSpec(name="seedswarm-experiments", model=ModelRef(BUNDLED_ID), task=PRESETS["sentiment"],
+        return SwarmSpec(name="seedswarm-experiments", model=ModelRef(self.model_id), task=PRESETS["sentiment"],
                          lr=LRSchedule(base=ZO_LR), eps=EPS, codec=CodecParams(clip=CLIP), batch_size=BATCH_SIZE,
                          perturbation=perturbation)
 
     def fresh_model(self) -> nn.Module:
-        return load_model(None)[0]
+        return load_model(None if self.model_id == BUNDLED_ID else self.model_id)[0]
 
     def stream(self, peer: int, peers: int) -> BatchStream:
         """Peer ``peer``'s private shard, in its own shuffled order (seed = peer index)."""
