@@ -62,6 +62,7 @@ def add_commands(sub) -> None:
     p.add_argument("--ticket", default=None, metavar="HEX",
                    help="members-only swarms: the ticket the swarm's authority issued for this peer id")
     p.add_argument("--max-links", type=int, default=8, help="neighbours to keep links with (default 8)")
+    p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing
     p.set_defaults(func=cmd_peer)
 
     from .demo import DEFAULT_PEERS, DEFAULT_STEPS
@@ -133,6 +134,7 @@ def cmd_peer(args) -> int:
         min_peers=args.min_peers, model=args.model, device=args.device,
         data=args.data, data_seed=args.data_seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume, join_by=args.join_by, json_log=args.json_log, name=args.name, max_links=args.max_links,
+        fault_corrupt_at=args.fault_corrupt_at,
     )
     try:
         config.validate()

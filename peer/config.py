@@ -42,6 +42,7 @@ class PeerConfig:
     linger: float = 30.0               # how long a finished peer keeps serving neighbours still catching up
     dht_refresh: float = 10.0          # seconds between member-entry refreshes and discovery rounds
     announce: bool = True              # advertise the swarm in the DHT's public directory
+    fault_corrupt_at: int | None = None  # chaos testing: this replica computes that step wrong until it heals
 
     def resolved_device(self) -> str:
         """Replicas on CPU and GPU stay bit-identical (the update arithmetic is exact on both),

@@ -324,12 +324,16 @@ def plot_curves(result: dict, path: Path) -> None:
 
 
 def _steady_wire(peers: list, samples_per_step: int) -> float | None:
-    """Wire bytes per gradient once the swarm runs: each peer's median bytes sent per step
-    (start-up, joining and the final barrier excluded), summed over peers, per gradient."""
-    medians = []
+    """Wire bytes per gradient once the swarm runs: each peer's bytes sent per step over the
+    middle half of its steps (start-up, joining and the finish excluded: the counter is read
+    after each step), summed over peers, per gradient."""
+    rates = []
     for p in peers:
-        sent = [e["wire_sent_step"] for e in p.events() if e.get("event") == "step" and e.get("wire_sent_step") is not None]
-        if not sent:
+        marks = [(e["step"], e["wire_sent"]) for e in p.events() if e.get("event") == "step" and e.get("wire_sent")]
+        if len(marks) < 8:
             return None
-        medians.append(statistics.median(sent))
-    return round(sum(medians) / (len(peers) * samples_per_step), 1)
+        (s0, w0), (s1, w1) = marks[len(marks) // 4], marks[3 * len(marks) // 4]
+        if s1 <= s0:
+            return None
+        rates.append((w1 - w0) / (s1 - s0))
+    return round(sum(rates) / (len(peers) * samples_per_step), 1)

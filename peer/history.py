@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..model.digest import weight_digest
@@ -58,7 +59,8 @@ class Opened:
 
 class History:
     def __init__(self, folder: Path, spec: SwarmSpec, model: nn.Module, loss_fn=None, paired_fn=None,
-                 checkpoint_every: int = 20, keep: int = 3, final_step: int | None = None) -> None:
+                 checkpoint_every: int = 20, keep: int = 3, final_step: int | None = None,
+                 drift_at: int | None = None) -> None:
         self.folder = Path(folder)
         self.spec = spec
         self.model = model
@@ -71,6 +73,7 @@ class History:
         self.digests: dict[int, bytes] = {}
         self.ledger_file: LedgerFile | None = None
         self._write_checkpoints = True
+        self.drift_at = drift_at  # chaos testing: this replica computes step drift_at wrong (see _drift)
 
     # --- opening -------------------------------------------------------------------------
     @property
@@ -182,6 +185,7 @@ class History:
         self.ledger_file.add(records)
         self.replica.apply_step(self.ledger.applicable(step))
         self.sealed = step + 1
+        self._drift()
         digest = self._after_step()
         self._save_state()
         return digest
@@ -214,6 +218,7 @@ class History:
             path.unlink(missing_ok=True)
             return False
         self.replica.reset()
+        self.drift_at = None  # the swarm told this replica it drifted: the chaos is over
         os.replace(path, self.folder / f"ckpt-{step:08d}.safetensors")
         write_atomically(self.folder / f"ckpt-{step:08d}.json",
                          json.dumps({"step": step, "digest": digest.hex(), "swarm_id": self.spec.swarm_id_hex}).encode())
@@ -261,10 +266,19 @@ class History:
         for step in range(start, stop):
             self.replica.apply_step(self.ledger.applicable(step))
             self.sealed = step + 1
+            self._drift()
             digest = self._after_step()
             if digest is not None:
                 changed[self.sealed] = digest
         return changed
+
+    def _drift(self) -> None:
+        """Chaos testing (--fault-corrupt-at N): the replica computes step N wrong, live and in
+        every rebuild, until a checkpoint the swarm vouches for replaces its weights."""
+        if self.drift_at is not None and self.sealed == self.drift_at:
+            self.replica.flush()
+            with torch.no_grad():
+                self.replica.zo.tensors[0].param.data.view(-1)[0] += 1e-3
 
     def _read_state(self) -> dict:
         try:

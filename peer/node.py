@@ -135,7 +135,7 @@ class Node:
         if checkpoint_every % self.spec.digest_every:
             raise PeerError(f"--checkpoint-every must be a multiple of the swarm's digest_every ({self.spec.digest_every})")
         self.history = History(self.workdir, self.spec, self.model, self.loss_fn, self.paired_fn, checkpoint_every,
-                               final_step=cfg.steps)
+                               final_step=cfg.steps, drift_at=cfg.fault_corrupt_at)
         try:
             opened = await self._in_worker(self.history.open, cfg.resume)
         except (HistoryError, ProtocolError, DiskWriteError) as exc:
