@@ -65,7 +65,7 @@ def read_ledger(path: str | os.PathLike, verify: bool = True) -> tuple[SwarmSpec
 
 def replay_ledger(ledger: str | os.PathLike, base: str | None = None, device: str = "cpu"):
     """Base weights + a verified ledger -> (model, tokenizer, spec, records). Duplicates and
-    equivocations are resolved by the ledger's set semantics (SPEC section 8)."""
+    equivocations are resolved by the ledger's set semantics (SPEC section 10.2)."""
     spec, records = read_ledger(ledger)
     net, tokenizer, _task = load_base(spec, base, device)
     replay(net, spec, Ledger(records))

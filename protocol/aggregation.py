@@ -13,7 +13,7 @@ exact doubles), ``spec.aggregation.clip = "median"`` with ``clip_factor`` c comp
 
 so one record moves the weights at most as far as the step's median gradient (times c),
 however large its bytes. ``"none"`` keeps g' = g. The update of sample j of record r is then
-(SPEC section 7) ``coef = f32(-(lr(r.step) * g'_ij))`` with the decay of the tensor.
+(SPEC section 10.4) ``coef = f32(-(lr(r.step) * g'_ij))`` with the decay of the tensor.
 """
 
 from __future__ import annotations

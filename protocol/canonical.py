@@ -1,6 +1,6 @@
 """Canonical msgpack: one byte string per value, and a strict decoder for untrusted bytes.
 
-Canonical form (SPEC section "Canonical msgpack"): msgpack as ``msgpack.packb(value,
+Canonical form (SPEC section 3): msgpack as ``msgpack.packb(value,
 use_bin_type=True)`` writes it, i.e. every integer and container length in its shortest
 encoding, strings as str (UTF-8) and byte strings as bin, floats as float64, and every
 map's keys sorted (by their UTF-8 bytes) with no duplicates; no ext types, no nil where a

@@ -1,4 +1,4 @@
-"""What peers put in the DHT: rendezvous, member status and the swarm directory (SPEC 11).
+"""What peers put in the DHT: rendezvous, member status and the swarm directory (SPEC section 14.4).
 
 The DHT is for finding each other, never for training traffic, and no value in it grows with
 the swarm: records travel over links (messages.py). Every value is the canonical msgpack

@@ -12,7 +12,7 @@ no extra public key on the wire. Signatures are RFC 8032 Ed25519 (64 bytes) over
 domain-separated message, so a signature made for one purpose (a record, a vote, a DHT
 entry) is never valid for another, nor in another swarm.
 
-Admission tickets bind a machine to a swarm (protocol SPEC section "Admission"):
+Admission tickets bind a machine to a swarm (protocol SPEC section 9):
 
 - ``open`` swarms with ``pow_bits = 0``: the empty ticket;
 - ``open`` swarms with ``pow_bits = k``: an 8-byte nonce such that

@@ -1,6 +1,6 @@
 """The ledger: the set of records of a swarm, its canonical order, equivocation, and its file.
 
-Set semantics (SPEC section 8), so that replicas holding the same records hold the same
+Set semantics (SPEC section 10.2), so that replicas holding the same records hold the same
 weights whatever order the records arrived in:
 
 - a record is identified by its body (``Record.rid``): an exact duplicate is ignored;

@@ -1,4 +1,4 @@
-"""Messages between peers, and signed digest votes (SPEC section 11).
+"""Messages between peers, and signed digest votes (SPEC sections 13 and 14.2).
 
 Peers of a swarm talk over *links*: long-lived libp2p streams between overlay neighbours,
 each carrying frames of one message, a canonical msgpack array whose first element names

@@ -8,7 +8,7 @@ Every field has one type. JSON input may spell a float field as an integer (``"e
 ``from_dict`` widens it to a float *before* hashing, so ``1`` and ``1.0`` name the same
 swarm. Canonical bytes must already hold floats: ``from_canonical`` rejects an integer in
 a float field (it would not re-encode to the same bytes). Booleans are never integers.
-SPEC.md section 9 lists every field with its type, default and validation.
+SPEC.md section 4 lists every field with its type, default and validation.
 """
 
 from __future__ import annotations

@@ -1,39 +1,320 @@
-"""Write tests/vectors/protocol_v1.json: test vectors for re-implementers of the protocol.
+"""Write tests/vectors/protocol_v2.json: test vectors for re-implementers of the protocol.
 
-Every value comes from the pure-Python protocol package (no torch) except the update
-arithmetic, which is spelled out below with numpy float32 so it is readable on its own.
-The vectors are committed; tests/test_vectors.py checks the implementation against them,
-so a change to the wire format cannot slip in unnoticed. Rerun only for a new protocol
-version:  python scripts/make_test_vectors.py
+Every value comes from the reference implementation (protocol/, model/perturb.py,
+model/digest.py, peer/dht.py); protocol/SPEC.md section 15 says what each vector covers.
+The vectors are committed; tests/test_vectors.py checks the implementation against them and
+tests/test_spec_independent.py checks an implementation written from SPEC.md alone, so a
+change to the wire format cannot slip in unnoticed. Rerun only for a new protocol version:
+
+    python scripts/make_test_vectors.py
+
+Floats are written twice where bits matter: as JSON numbers (shortest round-trip form) and
+as hex of their IEEE bytes (``*_hex``: 8 bytes big-endian for doubles, 4 bytes
+little-endian for float32, as the update arithmetic stores them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from seedswarm.model.digest import tensors_digest
+from seedswarm.peer.dht import Ed25519EntryValidator, owner_subkey
 from seedswarm.protocol import codec
-from seedswarm.protocol.distributions import GAUSSIAN, RADEMACHER, z_value
-from seedswarm.protocol.hashing import derive_seed, mix64, stream64, tensor_id, tensor_key
+from seedswarm.protocol.aggregation import clip_bound, step_terms
+from seedswarm.protocol.directory import MemberInfo, encode_entry, member_bucket, member_key
+from seedswarm.protocol.distributions import GAUSSIAN, GAUSSIAN_TABLE_SHA256, RADEMACHER, z_value
+from seedswarm.protocol.hashing import _CODEC_SALT, derive_seed, mix64, stream64, tensor_id, tensor_key
+from seedswarm.protocol.identity import (Signer, issue_member_ticket, leading_zero_bits, member_message, pow_digest,
+                                         solve_pow)
+from seedswarm.protocol.ledger import HEADER, Ledger, encode_ledger, entry, scan_ledger
+from seedswarm.protocol.messages import (Bye, Gossip, Peers, RangeReply, RangeRequest, Status, Vote, Votes,
+                                         encode_message)
 from seedswarm.protocol.records import Record
-from seedswarm.protocol.schedule import LRSchedule
-from seedswarm.protocol.spec import CodecParams, ModelRef, SwarmSpec, TaskRef
+from seedswarm.protocol.schedule import LRSchedule, cos_pi
+from seedswarm.protocol.spec import SwarmSpec
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "protocol_v1.json"
+OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "protocol_v2.json"
+
+#: The element indices of the z vectors (the exact list, not a range): both lanes of the
+#: first words, every bit of the first two rademacher words, a lane/word boundary, and far ones.
+Z_INDICES = list(range(70)) + [127, 128, 4095, 4096, 65535, 10**9, 2**40 + 3]
+SEED_A = bytes(range(32))                    # machine A's Ed25519 private key seed
+SEED_B = bytes(range(32, 64))
+SEED_C = bytes(range(64, 96))
+AUTHORITY_SEED = bytes([0xA5]) * 32
 
 
-def f32_hex(x) -> str:
-    return np.float32(x).tobytes().hex()
+def d_hex(x: float) -> str:
+    return struct.pack(">d", x).hex()
+
+
+def f_hex(x: float) -> str:
+    return struct.pack("<f", x).hex()
+
+
+def full_spec_json() -> dict:
+    """A spec with every field set, most of them away from their defaults."""
+    return {
+        "name": "vectors-full", "protocol_version": 2,
+        "model": {"id": "sentence-transformers/all-MiniLM-L6-v2", "revision": "main", "digest": "ab" * 32,
+                  "dtype": "float32"},
+        "task": {"kind": "label-prompts",
+                 "options": {"prompts": ["This is negative.", "This is positive."], "scale": 20.0, "k": 3,
+                             "flag": True, "none": None, "nested": {"z": [], "a": {"\u00e9": -1}}}},
+        "trainable": ["encoder.*", "pooler.dense.weight"], "frozen": ["*.embeddings.*"],
+        "perturbation": "gaussian", "eps": 0.002,
+        "lr": {"base": 0.0003, "kind": "cosine", "warmup_steps": 5, "total_steps": 200, "min_ratio": 0.1},
+        "weight_decay": 0.01, "no_decay": ["*bias", "*LayerNorm*"],
+        "codec": {"name": "int8-sr-pow2", "clip": 64.0},
+        "aggregation": {"clip": "median", "clip_factor": 2.0},
+        "admission": {"mode": "open", "pow_bits": 8, "authority": ""},
+        "samples_per_step": 2, "batch_size": 16, "digest_every": 5, "delay": 2, "late_window": 6,
+        "future_window": 5,
+    }
+
+
+def spec_vectors() -> dict:
+    full = full_spec_json()
+    spec = SwarmSpec.from_dict(full)
+    minimal = {"name": "m", "model": {"id": "tiny"}, "task": {"kind": "lm"}}
+    ms = SwarmSpec.from_dict(minimal)
+    widened = dict(full, eps=1, weight_decay=0, lr=dict(full["lr"], base=0, min_ratio=1),
+                   codec=dict(full["codec"], clip=64), aggregation=dict(full["aggregation"], clip_factor=2))
+    ws = SwarmSpec.from_dict(widened)
+    as_floats = dict(full, eps=1.0, weight_decay=0.0, lr=dict(full["lr"], base=0.0, min_ratio=1.0))
+    # canonical bytes with an integer where the float 1.0 belongs: rejected (not what re-encoding gives)
+    bad = ms.canonical_bytes().replace(b"\xa3eps\xcb" + struct.pack(">d", 0.001), b"\xa3eps\x01")
+    assert bad != ms.canonical_bytes()
+    return {
+        "spec_full": {"json": json.dumps(full, sort_keys=True), "canonical": spec.canonical_bytes().hex(),
+                      "swarm_id": spec.swarm_id_hex},
+        "spec_minimal": {"json": json.dumps(minimal), "canonical": ms.canonical_bytes().hex(),
+                         "swarm_id": ms.swarm_id_hex, "filled": ms.to_dict()},
+        "spec_widened": {"json": json.dumps(widened, sort_keys=True), "same_as_json": json.dumps(
+            dict(as_floats, codec=dict(full["codec"], clip=64.0), aggregation=dict(full["aggregation"], clip_factor=2.0)),
+            sort_keys=True), "swarm_id": ws.swarm_id_hex, "canonical": ws.canonical_bytes().hex()},
+        "spec_rejected": {"why": "an integer in the float field eps (canonical bytes must re-encode to themselves)",
+                          "canonical": bad.hex()},
+        "spec_int_in_options": {
+            "why": "task.options values are hashed as given: 20 and 20.0 are different swarms",
+            "int_json": json.dumps(dict(minimal, task={"kind": "lm", "options": {"scale": 20}})),
+            "float_json": json.dumps(dict(minimal, task={"kind": "lm", "options": {"scale": 20.0}})),
+            "int_swarm_id": SwarmSpec.from_dict(dict(minimal, task={"kind": "lm", "options": {"scale": 20}})).swarm_id_hex,
+            "float_swarm_id": SwarmSpec.from_dict(dict(minimal, task={"kind": "lm", "options": {"scale": 20.0}})).swarm_id_hex,
+        },
+    }, spec
+
+
+def lr_vectors() -> dict:
+    schedules = {
+        "constant_no_warmup": LRSchedule(base=1e-4),
+        "constant_warmup": LRSchedule(base=1e-4, warmup_steps=3),
+        "linear": LRSchedule(base=0.01, kind="linear", warmup_steps=0, total_steps=7, min_ratio=0.25),
+        "cosine": LRSchedule(base=3e-4, kind="cosine", warmup_steps=10, total_steps=100, min_ratio=0.1),
+    }
+    steps = [0, 1, 2, 3, 5, 6, 7, 9, 10, 11, 40, 55, 99, 100, 101, 500, 2**32, 2**53 + 1, 2**64 - 1]
+    out = {}
+    for name, s in schedules.items():
+        rows = [{"step": t, "lr": s(t), "lr_hex": d_hex(s(t))} for t in steps]
+        out[name] = {"schedule": dataclasses.asdict(s), "values": rows}
+    return out
+
+
+def main() -> None:
+    spec_v, spec = spec_vectors()
+    swarm = spec.swarm_id
+    a, b, c = Signer(SEED_A), Signer(SEED_B), Signer(SEED_C)
+    authority = Signer(AUTHORITY_SEED)
+    n = spec.samples_per_step
+
+    # --- hashing, z, codec -----------------------------------------------------------------
+    seeds = [derive_seed(swarm, a.machine, s) for s in range(4)]
+    grads = [3.25, -0.4, 0.0, 70.0]
+    codes, exp = codec.encode(grads, seeds, 64.0)
+    small = [1e-3, -2.5e-4, 7.7e-4]
+    small_codes, small_exp = codec.encode(small, seeds[:3], 64.0)
+    hashing = {
+        "splitmix64_seed0_first_output": f"{stream64(0, 0):016x}",
+        "mix64": {f"{x:016x}": f"{mix64(x):016x}" for x in (0, 1, 0xFFFFFFFFFFFFFFFF, 0x0123456789ABCDEF)},
+        "stream64": [{"key": f"{k:016x}", "counter": i, "out": f"{stream64(k, i):016x}"}
+                     for k, i in ((7, 0), (7, 1), (1 << 63, 12345))],
+        "codec_salt": f"{_CODEC_SALT:016x}",
+        "tensor_id": {name: f"{tensor_id(name):016x}" for name in
+                      ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.bias", "\u00e9")},
+        "tensor_key": [{"seed": f"{seeds[0]:016x}", "name": "encoder.layer.0.attention.self.query.bias",
+                        "key": f"{tensor_key(seeds[0], tensor_id('encoder.layer.0.attention.self.query.bias')):016x}"}],
+        "seed": [{"swarm_id": swarm.hex(), "machine": a.machine.hex(), "sample": s,
+                  "seed": f"{derive_seed(swarm, a.machine, s):016x}"} for s in (0, 1, 2**40, 2**64 - 1)],
+    }
+    zkey = 0x0123456789ABCDEF
+    zvec = {"key": f"{zkey:016x}", "indices": Z_INDICES,
+            **{d: [z_value(d, zkey, i) for i in Z_INDICES] for d in (RADEMACHER, GAUSSIAN)},
+            "gaussian_hex": [f_hex(z_value(GAUSSIAN, zkey, i)) for i in Z_INDICES]}
+    codec_v = {
+        "clip": 64.0,
+        "encode": [{"grads": grads, "seeds": [f"{s:016x}" for s in seeds], "scale_exp": exp, "codes": codes.hex()},
+                   {"grads": small, "seeds": [f"{s:016x}" for s in seeds[:3]], "scale_exp": small_exp,
+                    "codes": small_codes.hex()}],
+        "decode": [{"codes": cs.hex(), "scale_exp": e, "values": codec.decode(cs, e, 64.0),
+                    "values_hex": [d_hex(v) for v in codec.decode(cs, e, 64.0)]}
+                   for cs, e in ((codes, exp), (small_codes, small_exp), (bytes([0x81, 0x7F, 0x00, 0xFF, 0x01]), 64))],
+        "invalid_byte": "80",
+        "refused": ["nan", "inf", "-inf"],
+    }
+
+    # --- identity, record, vote, tickets -------------------------------------------------------
+    ticket_a = solve_pow(swarm, a.machine, spec.admission.pow_bits)
+    rec = Record.create(a, swarm, 7, small_exp, small_codes[:n], ticket_a)
+    vote = Vote.create(a, swarm, 10, bytes(range(100, 132)), revision=1, ticket=ticket_a)
+    members_spec = SwarmSpec.from_dict(dict(full_spec_json(), admission={
+        "mode": "members", "pow_bits": 0, "authority": authority.public_key.hex()}))
+    member_ticket = issue_member_ticket(authority, members_spec.swarm_id, a.machine)
+    identity = [{"seed": s.seed.hex(), "public_key": s.public_key.hex(), "machine": s.machine.hex()}
+                for s in (a, b, c, authority)]
+    record_v = {"swarm_id": swarm.hex(), "signer_seed": SEED_A.hex(), "step": rec.step, "machine": rec.machine.hex(),
+                "scale_exp": rec.scale_exp, "grads": rec.grads.hex(), "ticket": rec.ticket.hex(),
+                "body": rec.body.hex(), "rid": rec.rid.hex(), "signed_message": rec.signed_message(swarm).hex(),
+                "signature": rec.signature.hex(), "encoded": rec.encode().hex(),
+                "sample_counters": list(rec.samples(n)),
+                "seeds": [f"{derive_seed(swarm, rec.machine, s):016x}" for s in rec.samples(n)]}
+    vote_v = {"swarm_id": swarm.hex(), "step": vote.step, "digest": vote.digest.hex(), "revision": vote.revision,
+              "machine": vote.machine.hex(), "ticket": vote.ticket.hex(), "body": vote.body.hex(),
+              "signed_message": vote.signed_message(swarm).hex(), "signature": vote.signature.hex(),
+              "encoded": vote.encode().hex()}
+    tickets = {
+        "pow": {"swarm_id": swarm.hex(), "machine": a.machine.hex(), "bits": spec.admission.pow_bits,
+                "nonce": ticket_a.hex(), "digest": pow_digest(swarm, a.machine, ticket_a).hex(),
+                "leading_zero_bits": leading_zero_bits(pow_digest(swarm, a.machine, ticket_a))},
+        "member": {"authority_seed": AUTHORITY_SEED.hex(), "authority": authority.public_key.hex(),
+                   "spec_json": json.dumps(members_spec.to_dict(), sort_keys=True),
+                   "swarm_id": members_spec.swarm_id_hex, "machine": a.machine.hex(),
+                   "message": member_message(members_spec.swarm_id, a.machine).hex(), "ticket": member_ticket.hex()},
+    }
+
+    # --- one step: 3 records x 2 samples, machine C an outlier ----------------------------------
+    records = [
+        Record.create(a, swarm, 12, 0, bytes([10, 0xF0]), solve_pow(swarm, a.machine, 8)),   # 10, -16
+        Record.create(b, swarm, 12, 0, bytes([0x05, 0x0C]), solve_pow(swarm, b.machine, 8)),  # 5, 12
+        Record.create(c, swarm, 12, 0, bytes([0x81, 0x7F]), solve_pow(swarm, c.machine, 8)),  # -127, 127
+    ]
+    ordered = sorted(records, key=lambda r: r.machine)
+    values = [v for r in ordered for v in r.values(spec.codec.clip)]
+    terms = step_terms(spec, records)
+    step_v = {
+        "spec": "spec_full", "swarm_id": swarm.hex(), "step": 12, "records": [r.encode().hex() for r in records],
+        "canonical_order": [r.machine.hex() for r in ordered], "decoded": values,
+        "median": sorted(abs(v) for v in values)[(len(values) - 1) // 2], "bound": clip_bound(spec, values),
+        "lr": spec.lr(12), "lr_hex": d_hex(spec.lr(12)),
+        "terms": [{"seed": f"{t.seed:016x}", "coef_hex": f_hex(t.coef), "decay_hex": f_hex(t.decay),
+                   "coef": t.coef, "decay": t.decay} for t in terms],
+    }
+    zero_spec = SwarmSpec.from_dict(dict(full_spec_json(), samples_per_step=1, admission={"mode": "open"},
+                                         lr={"base": 0.001}))
+    zrecs = [Record.create(s, zero_spec.swarm_id, 0, 0, bytes([q])) for s, q in ((a, 0), (b, 0), (c, 0x05), (Signer(bytes(32)), 0xFB))]
+    zterms = step_terms(zero_spec, zrecs)
+    zero_v = {"spec_json": json.dumps(zero_spec.to_dict(), sort_keys=True), "swarm_id": zero_spec.swarm_id_hex,
+              "records": [r.encode().hex() for r in zrecs], "bound_hex": d_hex(clip_bound(zero_spec, [v for r in zrecs for v in r.values(64.0)])),
+              "terms": [{"seed": f"{t.seed:016x}", "coef_hex": f_hex(t.coef), "decay_hex": f_hex(t.decay)} for t in zterms]}
+
+    # --- update arithmetic (unchanged since v1) --------------------------------------------------
+    update_v = update_vector()
+
+    # --- ledger file ------------------------------------------------------------------------
+    dup = records[0]
+    equiv = Record.create(b, swarm, 12, 0, bytes([0x06, 0x0C]), records[1].ticket)  # a second body for (12, B)
+    later_b = Record.create(b, swarm, 13, 0, bytes([1, 2]), records[1].ticket)     # void: B equivocated at 12
+    later_a = Record.create(a, swarm, 13, 0, bytes([3, 4]), records[0].ticket)
+    file_records = [records[0], records[1], records[2], dup, equiv, later_b, later_a]
+    data = encode_ledger(spec, file_records)
+    ledger = Ledger(file_records)
+    spec_entry_end = len(HEADER) + len(entry(spec.canonical_bytes()))
+    offsets = [spec_entry_end]
+    for r in file_records[:-1]:
+        offsets.append(offsets[-1] + len(entry(r.encode())))
+    torn = data[:-5]
+    damaged = bytearray(data)
+    damaged[offsets[2] + 20] ^= 0x01          # one bit in the third record's payload
+    scan_t, scan_d = scan_ledger(torn), scan_ledger(bytes(damaged))
+    ledger_v = {
+        "spec": "spec_full", "file": data.hex(), "entry_offsets": offsets,
+        "records_in_file_order": [r.rid.hex() for r in file_records],
+        "held": sorted(r.rid.hex() for r in ledger), "void_from": {b.machine.hex(): ledger.banned_from(b.machine)},
+        "applicable": {str(s): [r.rid.hex() for r in ledger.applicable(s)] for s in ledger.steps()},
+        "ordered": [r.rid.hex() for r in ledger.ordered()],
+        "torn": {"file": torn.hex(), "torn_bytes": scan_t.torn_bytes, "records": len(scan_t.records),
+                 "damage": scan_t.damage},
+        "damaged": {"file": bytes(damaged).hex(), "torn_bytes": scan_d.torn_bytes,
+                    "records": [r.rid.hex() for r in scan_d.records], "damage": scan_d.damage},
+    }
+
+    # --- weight digest ----------------------------------------------------------------------
+    t32 = torch.tensor([[1.0, -2.5, 3.0e-8], [0.0, -0.0, 1e30]], dtype=torch.float32)
+    tbf = torch.tensor([1.0, -3.140625, 2.0 ** -130], dtype=torch.bfloat16)
+    t0 = torch.tensor(0.5, dtype=torch.float32)
+    named = [("layer.weight", t32), ("emb.bias", tbf), ("scalar", t0)]
+    digest_v = {"tensors": [{"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                             "data": (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).contiguous().numpy().tobytes().hex()}
+                            for name, t in named], "digest": tensors_digest(named)}
+
+    # --- link messages ------------------------------------------------------------------------
+    msgs = {
+        "status": Status(42, 1, 40, 1234), "gossip": Gossip((rec,), (records[1].rid,), (records[2].rid,)),
+        "range": RangeRequest(10, 74), "ranged": RangeReply(12, 13, False, (records[0],)),
+        "votes": Votes((vote,)), "peers": Peers((b.machine, c.machine)), "bye": Bye(),
+    }
+    messages_v = {k: encode_message(m).hex() for k, m in msgs.items()}
+
+    # --- a signed DHT entry ---------------------------------------------------------------------
+    info = MemberInfo(step=5, status="training", name="peer-a", loss=0.69, step_time_ms=1500, checkpoint=0,
+                      sent=1000, received=2000, heals=0, rejected=1, suspects={c.machine.hex(): 2}, reach="public",
+                      relay="", peers=3)
+    value = encode_entry("member", swarm, info)
+    key = member_key(swarm, member_bucket(a.machine))
+    from hivemind.dht.routing import DHTID
+    from hivemind.dht.validation import DHTRecord
+    from hivemind.utils import MSGPackSerializer
+
+    expiration = 1767225600.25
+    validator = Ed25519EntryValidator(a)
+    drec = DHTRecord(DHTID.generate(source=key).to_bytes(), MSGPackSerializer.dumps(owner_subkey(a.machine)),
+                     MSGPackSerializer.dumps(value), expiration)
+    stored = validator.sign_value(drec)
+    assert validator.validate(dataclasses.replace(drec, value=stored))
+    dht_v = {"key": key, "bucket": member_bucket(a.machine), "key_id": drec.key.hex(), "subkey": owner_subkey(a.machine).decode(),
+             "subkey_ser": drec.subkey.hex(), "entry": value.hex(), "value_ser": drec.value.hex(),
+             "expiration": expiration, "message": Ed25519EntryValidator._message(drec).hex(),
+             "stored": stored.hex(), "signer_seed": SEED_A.hex()}
+
+    vectors = {
+        "protocol_version": 2,
+        "notes": "SPEC.md section 15. *_hex of a double: 8 bytes big-endian; of a float32: 4 bytes little-endian. "
+                 "z vectors: element i of the tensor for each i in z.indices (that exact list).",
+        "identity": identity, "hashing": hashing, "gaussian_table_sha256": GAUSSIAN_TABLE_SHA256, "z": zvec,
+        "codec": codec_v,
+        "cos_pi": [{"t": t, "t_hex": d_hex(t), "value": cos_pi(t), "value_hex": d_hex(cos_pi(t))}
+                   for t in (0.0, 0.1, 0.25, 1 / 3, 0.5, 0.5000000000000001, 0.75, 0.9, 0.999, 1.0)],
+        "lr": lr_vectors(), **spec_v, "record": record_v, "vote": vote_v, "tickets": tickets,
+        "step": step_v, "step_zero_median": zero_v, "update": update_v, "ledger": ledger_v, "digest": digest_v,
+        "messages": messages_v, "dht_entry": dht_v,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(vectors, indent=1, ensure_ascii=True) + "\n")
+    print(f"wrote {OUT}")
 
 
 def update_vector() -> dict:
     """theta <- fl32(fl32(theta*decay) + fl32(coef*z)) for two terms, then a perturbed copy."""
     theta = np.array([0.5, -1.25, 3.0e-3, 7.0, -0.0, 1.0e-8, 2.5, -3.75], dtype=np.float32)
     terms = [(0x0123456789ABCDEF, -1.5e-4, 0.9999), (0xFEDCBA9876543210, 2.0e-4, 1.0)]
-    out = {"theta": [f32_hex(v) for v in theta], "offset": 60, "dist": RADEMACHER,
-           "terms": [{"key": f"{k:016x}", "coef": c, "decay": d} for k, c, d in terms]}
+    out = {"theta": [f_hex(v) for v in theta], "offset": 60, "dist": RADEMACHER,
+           "terms": [{"key": f"{k:016x}", "coef": cf, "decay": d, "coef_hex": f_hex(cf), "decay_hex": f_hex(d)}
+                     for k, cf, d in terms]}
     v = theta.copy()
     for key, coef, decay in terms:
         z = np.array([z_value(RADEMACHER, key, 60 + i) for i in range(len(v))], dtype=np.float32)
@@ -42,48 +323,9 @@ def update_vector() -> dict:
     pkey, pscale = 0x1111222233334444, 1e-3
     zp = np.array([z_value(RADEMACHER, pkey, 60 + i) for i in range(len(v))], dtype=np.float32)
     perturbed = (v + (np.float32(pscale) * zp).astype(np.float32)).astype(np.float32)
-    out.update(result=[f32_hex(x) for x in v], perturb={"key": f"{pkey:016x}", "scale": pscale},
-               perturbed=[f32_hex(x) for x in perturbed])
+    out.update(result=[f_hex(x) for x in v], perturb={"key": f"{pkey:016x}", "scale": pscale},
+               perturbed=[f_hex(x) for x in perturbed])
     return out
-
-
-def main() -> None:
-    swarm_id = bytes(range(32))
-    machine = b"\x00\x24\x08\x01\x12\x20" + bytes(range(100, 132))  # a peer-id-like multihash
-    spec = SwarmSpec(
-        name="vectors", model=ModelRef("sentence-transformers/all-MiniLM-L6-v2", digest="ab" * 32),
-        task=TaskRef("label-prompts", {"prompts": ["This is negative.", "This is positive."], "scale": 20.0}),
-        lr=LRSchedule(base=1e-4, kind="cosine", warmup_steps=10, total_steps=100, min_ratio=0.1),
-        codec=CodecParams(clip=64.0),
-    )
-    grads = [3.25, -0.4, 0.0, 70.0]
-    seeds = [derive_seed(swarm_id, machine, s) for s in range(4)]
-    codes, exp = codec.encode(grads, seeds, 64.0)
-    record = Record(step=7, machine=machine, first_sample=40, scale_exp=exp, grads=codes)
-    vectors = {
-        "protocol_version": 1,
-        "splitmix64_seed0_first_output": f"{stream64(0, 0):016x}",
-        "mix64": {f"{x:016x}": f"{mix64(x):016x}" for x in (0, 1, 0xFFFFFFFFFFFFFFFF, 0x0123456789ABCDEF)},
-        "stream64": [{"key": f"{k:016x}", "counter": c, "out": f"{stream64(k, c):016x}"} for k, c in ((7, 0), (7, 1), (1 << 63, 12345))],
-        "derive_seed": [{"swarm_id": swarm_id.hex(), "machine": machine.hex(), "sample": s, "seed": f"{derive_seed(swarm_id, machine, s):016x}"} for s in (0, 1, 2**40)],
-        "tensor_id": {n: f"{tensor_id(n):016x}" for n in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.bias")},
-        "tensor_key": [{"seed": f"{seeds[0]:016x}", "name": "encoder.layer.0.attention.self.query.bias",
-                        "key": f"{tensor_key(seeds[0], tensor_id('encoder.layer.0.attention.self.query.bias')):016x}"}],
-        "z": {d: {"key": "0123456789abcdef", "first_index": 0,
-                  "values": [z_value(d, 0x0123456789ABCDEF, i) for i in list(range(70)) + [4095, 4096, 10**9]]}
-              for d in (RADEMACHER, GAUSSIAN)},
-        "codec": {"clip": 64.0, "grads": grads, "seeds": [f"{s:016x}" for s in seeds], "scale_exp": exp, "codes": codes.hex(),
-                  "decoded": codec.decode(codes, exp, 64.0)},
-        "record": {"step": 7, "machine": machine.hex(), "first_sample": 40, "scale_exp": exp, "grads": codes.hex(),
-                   "encoded": record.encode().hex()},
-        "spec": {"json": spec.to_dict(), "canonical": spec.canonical_bytes().hex(), "swarm_id": spec.swarm_id_hex},
-        "lr": {"schedule": {"base": 1e-4, "kind": "cosine", "warmup_steps": 10, "total_steps": 100, "min_ratio": 0.1},
-               "values": {str(s): spec.lr(s) for s in (0, 5, 9, 10, 40, 55, 99, 100, 500)}},
-        "update": update_vector(),
-    }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(vectors, indent=1) + "\n")
-    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

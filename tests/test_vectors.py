@@ -1,69 +1,207 @@
-"""The implementation against the committed protocol test vectors (tests/vectors/protocol_v1.json)."""
+"""The implementation against the committed protocol test vectors (tests/vectors/protocol_v2.json,
+protocol/SPEC.md section 15; regenerate with scripts/make_test_vectors.py)."""
 
+import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from seedswarm.model.digest import tensors_digest
 from seedswarm.model.perturb import Term, apply, apply_reference
 from seedswarm.protocol import codec
-from seedswarm.protocol.distributions import z_value
-from seedswarm.protocol.hashing import derive_seed, mix64, stream64, tensor_id, tensor_key
+from seedswarm.protocol.aggregation import clip_bound, step_terms
+from seedswarm.protocol.admission import check_record, check_vote
+from seedswarm.protocol.distributions import GAUSSIAN_TABLE_SHA256, gaussian_table_bytes, z_value
+from seedswarm.protocol.errors import ProtocolError
+from seedswarm.protocol.hashing import _CODEC_SALT, derive_seed, mix64, stream64, tensor_id, tensor_key
+from seedswarm.protocol.identity import Signer, check_ticket, leading_zero_bits, pow_digest
+from seedswarm.protocol.ledger import Ledger, scan_ledger
+from seedswarm.protocol.messages import decode_message, decode_vote, encode_message
 from seedswarm.protocol.records import Record, decode_record
+from seedswarm.protocol.schedule import LRSchedule, cos_pi
 from seedswarm.protocol.spec import SwarmSpec
 
-V = json.loads((Path(__file__).parent / "vectors" / "protocol_v1.json").read_text())
+V = json.loads((Path(__file__).parent / "vectors" / "protocol_v2.json").read_text())
 h = lambda s: int(s, 16)  # noqa: E731
+f32_hex = lambda x: struct.pack("<f", x).hex()  # noqa: E731
+d_hex = lambda x: struct.pack(">d", x).hex()  # noqa: E731
+FULL = SwarmSpec.from_json(V["spec_full"]["json"])
 
 
 def test_splitmix64_matches_the_published_generator():
     # SplitMix64 seeded with 0 outputs 0xe220a8397b1dcdaf first (Vigna's reference code).
     assert stream64(0, 0) == 0xE220A8397B1DCDAF
-    assert V["splitmix64_seed0_first_output"] == "e220a8397b1dcdaf"
+    assert V["hashing"]["splitmix64_seed0_first_output"] == "e220a8397b1dcdaf"
 
 
 def test_hashing_vectors():
-    for x, y in V["mix64"].items():
+    v = V["hashing"]
+    for x, y in v["mix64"].items():
         assert mix64(h(x)) == h(y)
-    for row in V["stream64"]:
+    for row in v["stream64"]:
         assert stream64(h(row["key"]), row["counter"]) == h(row["out"])
-    for row in V["derive_seed"]:
+    for row in v["seed"]:
         assert derive_seed(bytes.fromhex(row["swarm_id"]), bytes.fromhex(row["machine"]), row["sample"]) == h(row["seed"])
-    for name, value in V["tensor_id"].items():
+    for name, value in v["tensor_id"].items():
         assert tensor_id(name) == h(value)
-    for row in V["tensor_key"]:
+    for row in v["tensor_key"]:
         assert tensor_key(h(row["seed"]), tensor_id(row["name"])) == h(row["key"])
+    assert _CODEC_SALT == h(v["codec_salt"])
+
+
+def test_identity_vectors():
+    for row in V["identity"]:
+        s = Signer(bytes.fromhex(row["seed"]))
+        assert (s.public_key.hex(), s.machine.hex()) == (row["public_key"], row["machine"])
 
 
 @pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
-def test_z_vectors(dist):
-    row = V["z"][dist]
-    indices = list(range(70)) + [4095, 4096, 10**9]
-    assert [z_value(dist, h(row["key"]), i) for i in indices] == row["values"]
+def test_z_vectors_at_the_listed_indices(dist):
+    z = V["z"]
+    assert [z_value(dist, h(z["key"]), i) for i in z["indices"]] == z[dist]
+    assert V["gaussian_table_sha256"] == GAUSSIAN_TABLE_SHA256
+    assert gaussian_table_bytes()  # the shipped table checks out against that hash
 
 
-def test_codec_and_record_vectors():
+def test_codec_vectors():
     c = V["codec"]
-    codes, exp = codec.encode(c["grads"], [h(s) for s in c["seeds"]], c["clip"])
-    assert (codes.hex(), exp) == (c["codes"], c["scale_exp"])
-    assert codec.decode(codes, exp, c["clip"]) == c["decoded"]
+    for row in c["encode"]:
+        codes, exp = codec.encode(row["grads"], [h(s) for s in row["seeds"]], c["clip"])
+        assert (codes.hex(), exp) == (row["codes"], row["scale_exp"])
+    for row in c["decode"]:
+        values = codec.decode(bytes.fromhex(row["codes"]), row["scale_exp"], c["clip"])
+        assert values == row["values"] and [d_hex(x) for x in values] == row["values_hex"]
+    with pytest.raises(ProtocolError):
+        codec.decode(bytes.fromhex(c["invalid_byte"]), 0, c["clip"])
+    for bad in c["refused"]:
+        with pytest.raises(ValueError):
+            codec.encode([float(bad)], [1], c["clip"])
+
+
+def test_cos_pi_and_lr_vectors():
+    for row in V["cos_pi"]:
+        assert d_hex(cos_pi(row["t"])) == row["value_hex"]
+    for case in V["lr"].values():
+        schedule = LRSchedule(**case["schedule"])
+        for row in case["values"]:
+            assert d_hex(schedule(row["step"])) == row["lr_hex"]
+
+
+def test_spec_vectors():
+    for name in ("spec_full", "spec_minimal", "spec_widened"):
+        s = V[name]
+        spec = SwarmSpec.from_json(s["json"])
+        assert spec.canonical_bytes().hex() == s["canonical"]
+        assert spec.swarm_id_hex == s["swarm_id"]
+        assert SwarmSpec.from_canonical(bytes.fromhex(s["canonical"]), bytes.fromhex(s["swarm_id"])) == spec
+    assert SwarmSpec.from_json(V["spec_widened"]["same_as_json"]).swarm_id_hex == V["spec_widened"]["swarm_id"]
+    assert SwarmSpec.from_json(V["spec_minimal"]["json"]).to_dict() == V["spec_minimal"]["filled"]
+    with pytest.raises(ProtocolError):
+        SwarmSpec.from_canonical(bytes.fromhex(V["spec_rejected"]["canonical"]))
+    o = V["spec_int_in_options"]
+    assert SwarmSpec.from_json(o["int_json"]).swarm_id_hex == o["int_swarm_id"] != o["float_swarm_id"]
+    assert SwarmSpec.from_json(o["float_json"]).swarm_id_hex == o["float_swarm_id"]
+
+
+def test_record_and_vote_vectors():
     r = V["record"]
-    record = Record(step=r["step"], machine=bytes.fromhex(r["machine"]), first_sample=r["first_sample"],
-                    scale_exp=r["scale_exp"], grads=bytes.fromhex(r["grads"]))
-    assert record.encode().hex() == r["encoded"]
-    assert decode_record(bytes.fromhex(r["encoded"])) == record
+    record = decode_record(bytes.fromhex(r["encoded"]))
+    assert (record.step, record.machine.hex(), record.scale_exp, record.grads.hex(), record.ticket.hex()) == (
+        r["step"], r["machine"], r["scale_exp"], r["grads"], r["ticket"])
+    assert (record.body.hex(), record.rid.hex(), record.signature.hex()) == (r["body"], r["rid"], r["signature"])
+    assert record.signed_message(FULL.swarm_id).hex() == r["signed_message"]
+    assert check_record(FULL, record) is record
+    again = Record.create(Signer(bytes.fromhex(r["signer_seed"])), FULL.swarm_id, r["step"], r["scale_exp"],
+                          bytes.fromhex(r["grads"]), bytes.fromhex(r["ticket"]))
+    assert again.encode().hex() == r["encoded"]  # Ed25519 signatures are deterministic
+    assert [f"{derive_seed(FULL.swarm_id, record.machine, s):016x}" for s in record.samples(FULL.samples_per_step)] == r["seeds"]
+    v = V["vote"]
+    vote = decode_vote(bytes.fromhex(v["encoded"]))
+    assert (vote.body.hex(), vote.signed_message(FULL.swarm_id).hex()) == (v["body"], v["signed_message"])
+    assert check_vote(FULL, vote) is vote
 
 
-def test_spec_and_lr_vectors():
-    s = V["spec"]
-    spec = SwarmSpec.from_dict(s["json"])
-    assert spec.canonical_bytes().hex() == s["canonical"]
-    assert spec.swarm_id_hex == s["swarm_id"]
-    assert SwarmSpec.from_canonical(bytes.fromhex(s["canonical"]), bytes.fromhex(s["swarm_id"])) == spec
-    for step, lr in V["lr"]["values"].items():
-        assert spec.lr(int(step)) == lr
+def test_ticket_vectors():
+    p = V["tickets"]["pow"]
+    swarm, machine, nonce = bytes.fromhex(p["swarm_id"]), bytes.fromhex(p["machine"]), bytes.fromhex(p["nonce"])
+    assert pow_digest(swarm, machine, nonce).hex() == p["digest"]
+    assert leading_zero_bits(bytes.fromhex(p["digest"])) == p["leading_zero_bits"] >= p["bits"]
+    check_ticket("open", p["bits"], b"", swarm, machine, nonce)
+    m = V["tickets"]["member"]
+    spec = SwarmSpec.from_json(m["spec_json"])
+    assert spec.swarm_id_hex == m["swarm_id"] and spec.admission.authority == m["authority"]
+    check_ticket("members", 0, bytes.fromhex(m["authority"]), spec.swarm_id, bytes.fromhex(m["machine"]),
+                 bytes.fromhex(m["ticket"]))
+    assert Signer(bytes.fromhex(m["authority_seed"])).sign(bytes.fromhex(m["message"])).hex() == m["ticket"]
+
+
+def test_step_rule_vectors():
+    s = V["step"]
+    records = [decode_record(bytes.fromhex(x)) for x in s["records"]]
+    assert [r.machine.hex() for r in sorted(records, key=lambda r: r.order_key)] == s["canonical_order"]
+    values = [v for r in sorted(records, key=lambda r: r.order_key) for v in r.values(FULL.codec.clip)]
+    assert values == s["decoded"] and clip_bound(FULL, values) == s["bound"]
+    terms = step_terms(FULL, records)
+    assert [(f"{t.seed:016x}", f32_hex(t.coef), f32_hex(t.decay)) for t in terms] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in s["terms"]]
+    z = V["step_zero_median"]
+    spec = SwarmSpec.from_json(z["spec_json"])
+    terms = step_terms(spec, [decode_record(bytes.fromhex(x)) for x in z["records"]])
+    assert [(f"{t.seed:016x}", f32_hex(t.coef), f32_hex(t.decay)) for t in terms] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in z["terms"]]
+
+
+def test_ledger_vectors():
+    lv = V["ledger"]
+    scan = scan_ledger(bytes.fromhex(lv["file"]))
+    assert scan.spec == FULL and not scan.damage and scan.torn_bytes == 0
+    assert [r.rid.hex() for r in scan.records] == lv["records_in_file_order"]
+    ledger = Ledger(scan.records)
+    assert sorted(r.rid.hex() for r in ledger) == lv["held"]
+    assert [r.rid.hex() for r in ledger.ordered()] == lv["ordered"]
+    assert {str(s): [r.rid.hex() for r in ledger.applicable(s)] for s in ledger.steps()} == lv["applicable"]
+    for machine, step in lv["void_from"].items():
+        assert ledger.banned_from(bytes.fromhex(machine)) == step
+    torn = scan_ledger(bytes.fromhex(lv["torn"]["file"]))
+    assert (torn.torn_bytes, len(torn.records), torn.damage) == (lv["torn"]["torn_bytes"], lv["torn"]["records"], [])
+    dmg = scan_ledger(bytes.fromhex(lv["damaged"]["file"]))
+    assert [list(d) for d in dmg.damage] == lv["damaged"]["damage"]
+    assert [r.rid.hex() for r in dmg.records] == lv["damaged"]["records"]
+
+
+def test_digest_vector():
+    d = V["digest"]
+    named = []
+    for t in d["tensors"]:
+        dtype = getattr(torch, t["dtype"])
+        raw = torch.frombuffer(bytearray.fromhex(t["data"]), dtype=torch.int16 if dtype == torch.bfloat16 else dtype)
+        named.append((t["name"], (raw.view(dtype) if dtype == torch.bfloat16 else raw).reshape(t["shape"])))
+    assert tensors_digest(named) == d["digest"]
+
+
+def test_message_vectors():
+    for kind, hexed in V["messages"].items():
+        msg = decode_message(bytes.fromhex(hexed))
+        assert encode_message(msg).hex() == hexed, kind
+
+
+def test_dht_entry_vector():
+    from hivemind.dht.validation import DHTRecord
+
+    from seedswarm.peer.dht import Ed25519EntryValidator
+
+    e = V["dht_entry"]
+    record = DHTRecord(bytes.fromhex(e["key_id"]), bytes.fromhex(e["subkey_ser"]), bytes.fromhex(e["value_ser"]),
+                       e["expiration"])
+    validator = Ed25519EntryValidator(Signer(bytes.fromhex(e["signer_seed"])))
+    assert Ed25519EntryValidator._message(record).hex() == e["message"]
+    assert validator.sign_value(record).hex() == e["stored"]
+    assert validator.validate(dataclasses.replace(record, value=bytes.fromhex(e["stored"])))
+    assert not validator.validate(dataclasses.replace(record, value=bytes.fromhex(e["stored"]), expiration_time=e["expiration"] + 1))
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])

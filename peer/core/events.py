@@ -120,7 +120,7 @@ class Disconnect:
 
 @dataclass(frozen=True)
 class Compute:
-    """Compute our record for ``step`` on the weights after ``step`` sealed steps."""
+    """Compute our record for ``step`` on the current weights (at least ``step - spec.delay`` sealed steps)."""
 
     step: int
 
