@@ -68,9 +68,19 @@ if triton is not None:
             tl.store(ptr + idx, v.to(ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
+    def _round16(v, BF16: tl.constexpr):
+        """v rounded to bfloat16 (BF16) or float16 and widened back to float32, exactly."""
+        if BF16:
+            bits = v.to(tl.uint32, bitcast=True)
+            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+            return bits.to(tl.float32, bitcast=True)
+        return v.to(tl.float16).to(tl.float32)
+
+    @triton.jit
     def _apply_kernel(
         p_ptr, out_ptr, out2_ptr, keys_ptr, coefs_ptr, decays_ptr, table_ptr, n_terms, n, offset,
         PERTURB: tl.constexpr, PAIR: tl.constexpr, GAUSS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        NARROW: tl.constexpr, BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
         idx = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -84,6 +94,8 @@ if triton is not None:
             z = _z(key, g, table_ptr, GAUSS)
             v = v * d
             v = v + c * z
+            if NARROW:  # 16-bit weights are rounded back after every term (SPEC 10.5)
+                v = _round16(v, BF16)
         if n_terms > 0:
             _store(p_ptr, idx, v, mask)
         if PERTURB:
@@ -125,5 +137,6 @@ def apply(
     _apply_kernel[grid](
         flat, out if out is not None else flat, out2 if out2 is not None else flat, keys_t, coefs_t, decays_t, table,
         len(terms), n, offset, PERTURB=perturb is not None, PAIR=out2 is not None, GAUSS=dist == GAUSSIAN,
-        BLOCK_SIZE=BLOCK, enable_fp_fusion=False,
+        BLOCK_SIZE=BLOCK, NARROW=flat.dtype != torch.float32, BF16=flat.dtype == torch.bfloat16,
+        enable_fp_fusion=False,
     )

@@ -6,6 +6,9 @@ for one tensor element v held in float32 and a sequence of terms
 
     v <- fl32( fl32(v * decay) + fl32(coef * z(key, i)) )
 
+(bfloat16 and float16 weights are widened exactly and rounded back after every term, so
+where a pass of terms begins or ends never changes the result.)
+
 and, for a perturbed forward, ``out = fl32(v + fl32(c * z(pkey, i)))`` written to a
 separate buffer (the stored weight is untouched). Each product and sum is rounded
 to float32 on its own: no fused multiply-add, so CPU, CUDA and Triton agree to the
@@ -120,6 +123,8 @@ def perturbed_rows(
     for t in terms:
         v = v * _f32(t.decay, weight.device, wd)
         v = v + z_at(dist, t.key, idx).to(wd) * _f32(t.coef, weight.device, wd)
+        if weight.dtype in (torch.bfloat16, torch.float16):
+            v = v.to(weight.dtype).to(wd)
     delta = z_at(dist, key, idx).to(wd) * _f32(scale, weight.device, wd)
     return ((v + delta).to(weight.dtype), (v - delta).to(weight.dtype)) if pair else (v + delta).to(weight.dtype)
 
@@ -139,12 +144,15 @@ def apply_reference(
     dev, wd = flat.device, working_dtype(flat.dtype)
     coefs = [(t.key, _f32(t.decay, dev, wd), _f32(t.coef, dev, wd)) for t in terms]
     pert = (perturb[0], _f32(perturb[1], dev, wd)) if perturb is not None else None
+    narrow = flat.dtype in (torch.bfloat16, torch.float16)  # rounded back after every term (SPEC 10.5)
     for lo in range(0, flat.numel(), chunk):
         hi = min(lo + chunk, flat.numel())
         v = flat[lo:hi].to(wd)
         for key, decay, coef in coefs:
             v = v * decay
             v = v + z_reference(dist, key, offset + lo, hi - lo, dev).to(wd) * coef
+            if narrow:
+                v = v.to(flat.dtype).to(wd)
         if coefs:
             flat[lo:hi] = v.to(flat.dtype)
         if pert is not None:

@@ -54,10 +54,66 @@ def machine_id(public_key: bytes) -> bytes:
 
 
 def check_machine_id(machine: object) -> bytes:
-    """``machine`` itself if it is a well-formed Ed25519 machine id, else ProtocolError."""
+    """``machine`` itself if it is a well-formed Ed25519 machine id, else ProtocolError.
+
+    Its key must be a canonical point encoding of an Ed25519 curve point that is not of
+    small order: the keys every Ed25519 library agrees to verify with (OpenSSL accepts a few
+    more, libsodium does not), so no signature can be valid at some replicas only."""
     if type(machine) is not bytes or len(machine) != MACHINE_ID_BYTES or not machine.startswith(MACHINE_PREFIX):
         raise ProtocolError(f"machine id must be the {MACHINE_ID_BYTES}-byte libp2p peer id of an Ed25519 key")
+    if not _good_key(machine[len(MACHINE_PREFIX):]):
+        raise ProtocolError("machine id's key is not a canonical Ed25519 point of large order")
     return machine
+
+
+# --- Ed25519 points (only to refuse edge-case encodings; signing and the verification equation are
+# OpenSSL's, through pyca/cryptography) ------------------------------------------------------------
+_P = 2 ** 255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+#: The canonical encodings of the eight points of order 1, 2, 4 and 8 (libsodium's blocklist,
+#: both signs of x where x != 0). tests/test_protocol.py derives them from the curve.
+SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+))
+
+
+def decode_point(enc: bytes) -> tuple[int, int] | None:
+    """RFC 8032 5.1.3 point decoding, strict: None for y >= p, no such point, or x = 0 with the
+    sign bit set."""
+    value = int.from_bytes(enc, "little")
+    y, sign = value & ((1 << 255) - 1), value >> 255
+    if y >= _P:
+        return None
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if v * x * x % _P == (-u) % _P:
+        x = x * _SQRT_M1 % _P
+    elif v * x * x % _P != u:
+        return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+def _canonical_large(enc: bytes) -> bool:
+    """y < p and not one of the eight small-order points (for a signature's R: cheap)."""
+    return int.from_bytes(enc, "little") & ((1 << 255) - 1) < _P and enc not in SMALL_ORDER
+
+
+@lru_cache(maxsize=8192)
+def _good_key(enc: bytes) -> bool:
+    """A public key every Ed25519 library verifies with: a canonical point of large order."""
+    return _canonical_large(enc) and decode_point(enc) is not None
 
 
 def public_key(machine: bytes) -> bytes:
@@ -73,6 +129,8 @@ def verify(key: bytes, message: bytes, signature: object) -> None:
     """Check an Ed25519 signature by raw public key ``key``; ProtocolError if it does not verify."""
     if type(signature) is not bytes or len(signature) != SIGNATURE_BYTES:
         raise ProtocolError("a signature is 64 bytes")
+    if not _canonical_large(signature[:32]):  # OpenSSL would accept a small-order R; libsodium would not
+        raise ProtocolError("bad signature")
     try:
         _verifier(key).verify(signature, message)
     except (InvalidSignature, ValueError):
@@ -90,6 +148,8 @@ class Signer:
     def __init__(self, seed: bytes) -> None:
         if type(seed) is not bytes or len(seed) != 32:
             raise ValueError("an Ed25519 private key seed is 32 bytes")
+        # (a key derived from a seed by RFC 8032 is a clamped multiple of the base point: never
+        # of small order, always canonically encoded)
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
         self.seed = seed
         self.public_key = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -71,8 +71,14 @@ def test_weight_dtypes_are_widened_and_rounded_back(dist):
         for t in terms(2):
             v = v * torch.tensor(t.decay, dtype=torch.float32)
             v = v + z_reference(dist, t.key, 0, 300) * torch.tensor(t.coef, dtype=torch.float32)
+            v = v.to(dtype).float()  # rounded back after every term
         assert y.dtype == dtype and torch.equal(y, v.to(dtype))
         assert torch.equal(out, (v + z_reference(dist, 5, 0, 300) * torch.tensor(0.05)).to(dtype))
+        # so how terms are batched (each replica's own flush schedule) does not matter
+        one_by_one = x.clone()
+        for t in terms(2):
+            apply(one_by_one, [t], dist)
+        assert torch.equal(one_by_one, y)
 
 
 @pytest.mark.parametrize("dist", DISTS)
