@@ -162,10 +162,12 @@ class SwarmSpec:
         return _build(cls, d, "spec")
 
     @classmethod
-    def from_json(cls, text: str) -> "SwarmSpec":
+    def from_json(cls, text: str | bytes) -> "SwarmSpec":
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ProtocolError(f"a swarm spec's JSON must be text, not {type(text).__name__}")
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer of > 4300 digits
             raise ProtocolError(f"swarm spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
