@@ -218,7 +218,10 @@ def _fields_of(kind, value, where: str) -> dict:
     out = dict(value)
     for key in FLOAT_FIELDS.get(kind, ()):
         if key in out and type(out[key]) is int:
-            out[key] = float(out[key])
+            try:
+                out[key] = float(out[key])
+            except OverflowError:
+                raise ProtocolError(f"{where}.{key} is out of the float range") from None
     return out
 
 
