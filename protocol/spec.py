@@ -241,7 +241,7 @@ def _json_like(obj: Any, where: str, depth: int = 0) -> None:
             if not isinstance(k, str):
                 raise ProtocolError(f"{where} maps must have string keys")
             _json_like(v, where, depth + 1)
-    elif isinstance(obj, (list, tuple)):
+    elif type(obj) is list:  # not a tuple: it would come back from the canonical bytes as a list
         for v in obj:
             _json_like(v, where, depth + 1)
     elif isinstance(obj, float):
@@ -291,7 +291,7 @@ def _validate(s: SwarmSpec) -> None:
     _string(s.task.kind, "spec.task.kind", 1, 200)
     if type(s.task.options) is not dict:
         raise ProtocolError("spec.task.options must be a mapping")
-    _json_like(s.task.options, "spec.task.options")
+    _json_like(s.task.options, "spec.task.options", depth=2)  # spec -> task -> options
     for name in ("trainable", "frozen", "no_decay"):
         _patterns(getattr(s, name), f"spec.{name}")
     if not s.trainable:
@@ -328,3 +328,10 @@ def _validate(s: SwarmSpec) -> None:
     _int(s.future_window, "spec.future_window", s.delay + 2, MAX_WINDOW)
     if type(s.protocol_version) is not int or s.protocol_version != PROTOCOL_VERSION:
         raise ProtocolError(f"spec speaks protocol {s.protocol_version!r}; this peer speaks {PROTOCOL_VERSION}")
+    # a spec must have canonical bytes, small enough for every peer to fetch
+    try:
+        size = len(s.canonical_bytes())
+    except UnicodeEncodeError:
+        raise ProtocolError("spec strings must be valid Unicode (no lone surrogates)") from None
+    if size > MAX_SPEC_BYTES:
+        raise ProtocolError(f"spec of {size} canonical bytes exceeds {MAX_SPEC_BYTES}")
