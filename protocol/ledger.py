@@ -277,8 +277,8 @@ class LedgerFile:
             self.ledger.add(record)
         if scan.damage:
             self.damage, self.step_before_damage = scan.damage, scan.step_before_damage
-            damaged = self.path.with_name(self.path.name + ".damaged")
-            os.replace(self.path, damaged)
+            # a copy first: if the disk refuses either write, the damaged file is still in place
+            write_atomically(self.path.with_name(self.path.name + ".damaged"), data)
             write_atomically(self.path, encode_ledger(self.spec, scan.records))
         elif scan.torn_bytes:
             with open(self.path, "r+b") as f:
