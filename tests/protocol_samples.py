@@ -4,6 +4,9 @@ specs of each admission mode, and signed records and votes."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+
+import msgpack
 
 from seedswarm.protocol import Admission, LRSchedule, ModelRef, Record, Signer, SwarmSpec, TaskRef
 from seedswarm.protocol.identity import issue_member_ticket, solve_pow
@@ -52,3 +55,33 @@ def record(signer: Signer = A, step: int = 0, grads: bytes = b"\x01\x02", exp: i
 
 def vote(signer: Signer = A, step: int = 10, revision: int = 0, spec: SwarmSpec = OPEN, weights: bytes = b"w") -> Vote:
     return Vote.create(signer, spec.swarm_id, step, hashlib.sha256(weights).digest(), revision, ticket(spec, signer))
+
+
+# --- a msgpack writer that can also write what the canonical encoder refuses ------------------
+@dataclass(frozen=True)
+class Raw:
+    """Bytes spliced into an encoding as they are."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class F32:
+    """A float encoded as msgpack float32 (canonical form has float64 only)."""
+    value: float
+
+
+def enc(obj: object) -> bytes:
+    """msgpack of ``obj`` in canonical form where it has one (maps with string keys sorted),
+    else as written: non-string keys, Raw splices, float32, ext types."""
+    if isinstance(obj, Raw):
+        return obj.data
+    if isinstance(obj, F32):
+        return msgpack.packb(obj.value, use_single_float=True)
+    if isinstance(obj, list):
+        return msgpack.Packer().pack_array_header(len(obj)) + b"".join(enc(v) for v in obj)
+    if isinstance(obj, dict):
+        items = list(obj.items())
+        if all(type(k) is str for k in obj):
+            items.sort(key=lambda kv: kv[0].encode("utf-8", "surrogatepass"))
+        return msgpack.Packer().pack_map_header(len(items)) + b"".join(enc(k) + enc(v) for k, v in items)
+    return msgpack.packb(obj, use_bin_type=True)

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol_samples import AUTHORITY, SIGNERS, SPECS, A, B, OPEN, record, vote
+from protocol_samples import F32, SIGNERS, SPECS, A, B, OPEN, Raw, enc, record, vote
 from seedswarm.protocol import ProtocolError, SwarmSpec, decode_ledger, decode_record, encode_ledger, scan_ledger
 from seedswarm.protocol.canonical import pack, unpack_canonical
 from seedswarm.protocol.directory import (Announcement, MemberInfo, decode_announcement, decode_entry, decode_member,
@@ -37,36 +37,6 @@ from seedswarm.protocol.messages import (Bye, Gossip, Peers, RangeReply, RangeRe
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 DEEP = 100_000
-
-
-# --- a msgpack writer that can also write what the canonical encoder refuses ------------------
-@dataclass(frozen=True)
-class Raw:
-    """Bytes spliced into an encoding as they are."""
-    data: bytes
-
-
-@dataclass(frozen=True)
-class F32:
-    """A float encoded as msgpack float32 (canonical form has float64 only)."""
-    value: float
-
-
-def enc(obj: object) -> bytes:
-    """msgpack of ``obj`` in canonical form where it has one (maps with string keys sorted),
-    else as written: non-string keys, Raw splices, float32, ext types."""
-    if isinstance(obj, Raw):
-        return obj.data
-    if isinstance(obj, F32):
-        return msgpack.packb(obj.value, use_single_float=True)
-    if isinstance(obj, list):
-        return msgpack.Packer().pack_array_header(len(obj)) + b"".join(enc(v) for v in obj)
-    if isinstance(obj, dict):
-        items = list(obj.items())
-        if all(type(k) is str for k in obj):
-            items.sort(key=lambda kv: kv[0].encode("utf-8", "surrogatepass"))
-        return msgpack.Packer().pack_map_header(len(items)) + b"".join(enc(k) + enc(v) for k, v in items)
-    return msgpack.packb(obj, use_bin_type=True)
 
 
 def deep_array(levels: int) -> Raw:
