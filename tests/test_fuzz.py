@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,10 +148,6 @@ def _canonical(obj, data):
     assert pack(obj) == data
 
 
-def _deep_json_object() -> str:
-    return json.dumps({"name": "s"}).replace('"s"', "[" * DEEP + "]" * DEEP)
-
-
 @dataclass(frozen=True)
 class Decoder:
     decode: Callable[[object], object]
@@ -177,45 +172,62 @@ def _json_text(obj) -> str:
     return json.dumps(obj, default=lambda o: o.hex() if isinstance(o, bytes) else repr(o), skipkeys=True)
 
 
+def _same(value):
+    return value
+
+
+def _spec_with_options(encode, **options):
+    return encode({**OPEN.to_dict(), "task": {"kind": "k", "options": options}})
+
+
 BYTES_DEEP = [enc(deep_array(DEEP)), enc(deep_map(DEEP)), enc(deep_array(17)), enc(deep_array(1000))]
+JSON_DEEP = "[" * DEEP + "]" * DEEP
 DECODERS = {
-    "record": Decoder(decode_record, _record, [r.encode() for r in RECORDS], _canonical_tree, enc,
-                      BYTES_DEEP + [enc([2, 0, A.machine, 3, deep_array(DEEP), b"", bytes(64)]),
-                                    enc([2, 0, A.machine, 3, deep_array(200), b"", bytes(64)])]),
-    "vote": Decoder(decode_vote, _vote, [v.encode() for v in VOTES], _canonical_tree, enc,
-                    BYTES_DEEP + [enc([2, 0, deep_array(100), 0, A.machine, b"", bytes(64)])]),
-    "message": Decoder(decode_message, _message, [encode_message(m) for m in MESSAGES], _canonical_tree, enc,
-                       BYTES_DEEP + [enc(["gossip", deep_array(DEEP), [], []]), enc(["gossip", [], [deep_map(DEEP)], []]),
-                                     enc(["gossip", [enc(deep_array(DEEP))], [], []]), enc(["votes", [enc(deep_array(300))]])]),
-    "spec-canonical": Decoder(SwarmSpec.from_canonical, _spec_canonical, [s.canonical_bytes() for s in SPECS], _canonical_tree, enc,
-                              BYTES_DEEP + [enc({**OPEN.to_dict(), "task": {"kind": "k", "options": {"o": deep_array(DEEP)}}}),
-                                            enc({**OPEN.to_dict(), "task": {"kind": "k", "options": {"o": deep_array(14)}}})]),
-    "spec-json": Decoder(SwarmSpec.from_json, _spec, [s.to_json() for s in SPECS], json.loads, _json_text,
-                         ["[" * DEEP + "]" * DEEP, '{"a": ' * DEEP + "1" + "}" * DEEP, _deep_json_object(),
-                          OPEN.to_json().replace('"prompts"', '"deep": ' + "[" * DEEP + "]" * DEEP + ', "prompts"'),
-                          OPEN.to_json().replace('"prompts"', '"deep": ' + "[" * 14 + "]" * 14 + ', "prompts"')]),
-    "spec-dict": Decoder(SwarmSpec.from_dict, _spec, [s.to_dict() for s in SPECS], lambda d: d, lambda d: d,
-                         [deep_list(DEEP), {**OPEN.to_dict(), "name": deep_list(DEEP)},
-                          {**OPEN.to_dict(), "task": {"kind": "k", "options": {"o": deep_list(DEEP)}}},
-                          {**OPEN.to_dict(), "task": {"kind": "k", "options": {"o": deep_list(14)}}},
-                          {**OPEN.to_dict(), "trainable": deep_list(DEEP)}]),
-    "scan-ledger": Decoder(scan_ledger, _scan, LEDGERS, _payload_tree, ledger_bytes,
-                           [HEADER + enc(deep_array(DEEP)), ledger_bytes([enc(deep_array(DEEP))]),
-                            ledger_bytes([OPEN.canonical_bytes(), enc(deep_array(1000))]),
-                            ledger_bytes([OPEN.canonical_bytes(), enc(deep_array(DEEP))])]),
-    "decode-ledger": Decoder(decode_ledger, _ledger, LEDGERS, _payload_tree, ledger_bytes,
-                             [ledger_bytes([OPEN.canonical_bytes(), enc(deep_array(1000)), RECORDS[0].encode()])]),
-    "dht-entry": Decoder(decode_entry, _entry, ENTRIES, _canonical_tree, enc,
-                         BYTES_DEEP + [enc(["ss2", "member", SWARM, deep_map(DEEP)]),
-                                       enc(["ss2", "spec", SWARM, enc(deep_array(DEEP))]),
-                                       enc(["ss2", "member", SWARM, {**MEMBER.to_obj(), "suspects": deep_map(30)}])]),
-    "dht-member": Decoder(decode_member, _dht_obj(decode_member), [MEMBER.to_obj(), MemberInfo().to_obj()], lambda d: d, lambda d: d,
-                          [deep_list(DEEP), {**MEMBER.to_obj(), "suspects": {"k": deep_list(DEEP)}},
-                           {**MEMBER.to_obj(), "loss": deep_list(DEEP)}]),
-    "dht-announcement": Decoder(decode_announcement, _dht_obj(decode_announcement), [ANNOUNCEMENT.to_obj()], lambda d: d, lambda d: d,
-                                [deep_list(DEEP), {**ANNOUNCEMENT.to_obj(), "name": deep_list(DEEP)}]),
-    "canonical": Decoder(lambda data: unpack_canonical(data, 1 << 20, "value"), _canonical, [r.encode() for r in RECORDS[:2]] + ENTRIES + [encode_message(MESSAGES[2])],
-                         _canonical_tree, enc, BYTES_DEEP + [enc({"a": [deep_map(DEEP)]})]),
+    "record": Decoder(
+        decode_record, _record, [r.encode() for r in RECORDS], _canonical_tree, enc,
+        BYTES_DEEP + [enc([2, 0, A.machine, 3, deep_array(n), b"", bytes(64)]) for n in (200, DEEP)]),
+    "vote": Decoder(
+        decode_vote, _vote, [v.encode() for v in VOTES], _canonical_tree, enc,
+        BYTES_DEEP + [enc([2, 0, deep_array(100), 0, A.machine, b"", bytes(64)])]),
+    "message": Decoder(
+        decode_message, _message, [encode_message(m) for m in MESSAGES], _canonical_tree, enc,
+        BYTES_DEEP + [enc(["gossip", deep_array(DEEP), [], []]), enc(["gossip", [], [deep_map(DEEP)], []]),
+                      enc(["gossip", [enc(deep_array(DEEP))], [], []]), enc(["votes", [enc(deep_array(300))]])]),
+    "spec-canonical": Decoder(
+        SwarmSpec.from_canonical, _spec_canonical, [s.canonical_bytes() for s in SPECS], _canonical_tree, enc,
+        BYTES_DEEP + [_spec_with_options(enc, o=deep_array(DEEP)), _spec_with_options(enc, o=deep_array(14))]),
+    "spec-json": Decoder(
+        SwarmSpec.from_json, _spec, [s.to_json() for s in SPECS], json.loads, _json_text,
+        [JSON_DEEP, '{"a": ' * DEEP + "1" + "}" * DEEP, json.dumps({"name": "s"}).replace('"s"', JSON_DEEP),
+         OPEN.to_json().replace('"prompts"', f'"deep": {JSON_DEEP}, "prompts"'),
+         OPEN.to_json().replace('"prompts"', '"deep": ' + "[" * 14 + "]" * 14 + ', "prompts"')]),
+    "spec-dict": Decoder(
+        SwarmSpec.from_dict, _spec, [s.to_dict() for s in SPECS], _same, _same,
+        [deep_list(DEEP), {**OPEN.to_dict(), "name": deep_list(DEEP)}, {**OPEN.to_dict(), "trainable": deep_list(DEEP)},
+         _spec_with_options(_same, o=deep_list(DEEP)), _spec_with_options(_same, o=deep_list(14))]),
+    "scan-ledger": Decoder(
+        scan_ledger, _scan, LEDGERS, _payload_tree, ledger_bytes,
+        [HEADER + enc(deep_array(DEEP)), ledger_bytes([enc(deep_array(DEEP))]),
+         ledger_bytes([OPEN.canonical_bytes(), enc(deep_array(1000))]),
+         ledger_bytes([OPEN.canonical_bytes(), enc(deep_array(DEEP))])]),
+    "decode-ledger": Decoder(
+        decode_ledger, _ledger, LEDGERS, _payload_tree, ledger_bytes,
+        [ledger_bytes([OPEN.canonical_bytes(), enc(deep_array(1000)), RECORDS[0].encode()])]),
+    "dht-entry": Decoder(
+        decode_entry, _entry, ENTRIES, _canonical_tree, enc,
+        BYTES_DEEP + [enc(["ss2", "member", SWARM, deep_map(DEEP)]), enc(["ss2", "spec", SWARM, enc(deep_array(DEEP))]),
+                      enc(["ss2", "member", SWARM, {**MEMBER.to_obj(), "suspects": deep_map(30)}])]),
+    "dht-member": Decoder(
+        decode_member, _dht_obj(decode_member), [MEMBER.to_obj(), MemberInfo().to_obj()], _same, _same,
+        [deep_list(DEEP), {**MEMBER.to_obj(), "suspects": {"k": deep_list(DEEP)}},
+         {**MEMBER.to_obj(), "loss": deep_list(DEEP)}]),
+    "dht-announcement": Decoder(
+        decode_announcement, _dht_obj(decode_announcement), [ANNOUNCEMENT.to_obj()], _same, _same,
+        [deep_list(DEEP), {**ANNOUNCEMENT.to_obj(), "name": deep_list(DEEP)}]),
+    "canonical": Decoder(
+        lambda data: unpack_canonical(data, 1 << 20, "value"), _canonical,
+        [r.encode() for r in RECORDS[:2]] + ENTRIES + [encode_message(MESSAGES[2])], _canonical_tree, enc,
+        BYTES_DEEP + [enc({"a": [deep_map(DEEP)]})]),
 }
 BYTE_DECODERS = [name for name, d in DECODERS.items() if isinstance(d.seeds[0], bytes)]
 TEXT_DECODERS = ["spec-json"]

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seedswarm.protocol.ledger as ledger_module
-from protocol_samples import AUTHORITY, F32, MEMBERS, OPEN, POW, POW_BITS, RICH, A, B, C, D, Raw, enc, make_spec, \
+from protocol_samples import AUTHORITY, F32, MEMBERS, OPEN, POW, RICH, A, B, C, D, Raw, enc, make_spec, \
     record, ticket, vote
 from seedswarm.protocol import (Admission, Aggregation, CodecParams, Ledger, LedgerCorrupt, LedgerFile, LRSchedule,
                                 ModelRef, ProtocolError, Record, Signer, SwarmSpec, TaskRef, decode_ledger,
@@ -334,7 +334,8 @@ AUTHORITY_HEX = AUTHORITY.public_key.hex()
     (dict(task=TaskRef("k", {"s": "\ud800"})), "surrogate"),
     (dict(task=TaskRef("k", {"big": "x" * MAX_SPEC_BYTES})), "exceeds"),
     (dict(trainable=()), "trainable"), (dict(trainable=("",)), "trainable"), (dict(trainable=["*"]), "trainable"),
-    (dict(trainable=("*",) * 257), "trainable"), (dict(frozen=("x" * 201,)), "frozen"), (dict(no_decay=(1,)), "no_decay"),
+    (dict(trainable=("*",) * 257), "trainable"), (dict(frozen=("x" * 201,)), "frozen"),
+    (dict(no_decay=(1,)), "no_decay"),
     (dict(perturbation="uniform"), "perturbation"),
     (dict(eps=0.0), "eps"), (dict(eps=-1.0), "eps"), (dict(eps=math.nan), "eps"), (dict(eps=math.inf), "eps"),
     (dict(eps=1), "eps"), (dict(weight_decay=-0.1), "weight_decay"),
@@ -365,9 +366,11 @@ def test_spec_validation(bad, match):
 
 def test_spec_validation_boundaries_that_hold():
     for ok in [dict(delay=0, future_window=2), dict(delay=3, future_window=5), dict(delay=8, future_window=64),
-               dict(late_window=0), dict(late_window=64), dict(samples_per_step=MAX_SAMPLES), dict(trainable=("*",) * 256),
+               dict(late_window=0), dict(late_window=64), dict(samples_per_step=MAX_SAMPLES),
+               dict(trainable=("*",) * 256),
                dict(admission=Admission(pow_bits=32)), dict(task=TaskRef("k", {"d": [[[[[[[[[[[[[1]]]]]]]]]]]]]})),
-               dict(codec=CodecParams(clip=1e30)), dict(aggregation=Aggregation(clip_factor=1e6)), dict(weight_decay=0.0)]:
+               dict(codec=CodecParams(clip=1e30)), dict(aggregation=Aggregation(clip_factor=1e6)),
+               dict(weight_decay=0.0)]:
         spec = make_spec(**ok)
         assert SwarmSpec.from_canonical(spec.canonical_bytes(), spec.swarm_id) == spec
     assert MEMBERS.authority_key == AUTHORITY.public_key
@@ -466,7 +469,8 @@ def test_duplicates_are_recognised_by_body():
 
 
 def test_equivocation_voids_the_machine_from_that_step_on():
-    early, first, second, third = record(A, 1), record(A, 3, b"\x01\x02"), record(A, 3, b"\x05\x06"), record(A, 3, b"\x07\x07")
+    early, first = record(A, 1), record(A, 3, b"\x01\x02")
+    second, third = record(A, 3, b"\x05\x06"), record(A, 3, b"\x07\x07")
     later, others = record(A, 5), [record(B, 3), record(B, 5), record(C, 1)]
     ledger = Ledger([early, first, later] + others)
     assert ledger.applicable(5) == sorted([later, others[1]], key=lambda r: r.machine)  # cached before the evidence
@@ -556,7 +560,8 @@ def test_ledger_file_keeps_records_and_reports_outcomes(tmp_path):
         assert len(lf.ledger) == len(LEDGER_RECORDS) and lf.repaired_bytes == 0 and lf.damage == []
         assert lf.add(LEDGER_RECORDS) == []
         twin = record(A, 1, b"\x03\x04")
-        assert lf.add([twin, twin, record(A, 1, b"\x05\x05"), record(C, 1)]) == [(twin, EQUIVOCATION), (record(C, 1), NEW)]
+        changed = lf.add([twin, twin, record(A, 1, b"\x05\x05"), record(C, 1)])
+        assert changed == [(twin, EQUIVOCATION), (record(C, 1), NEW)]
         assert lf.ledger.banned_from(A.machine) == 1
     spec, records, torn = decode_ledger(path.read_bytes())
     assert spec == OPEN and torn == 0 and records == LEDGER_RECORDS + [twin, record(C, 1)]
@@ -720,7 +725,8 @@ def test_vote_roundtrip_and_signature():
 
 
 MESSAGES = [Status(3, 1, 2, 150), Status(2**64 - 1, 0, 0, 0), Gossip((record(A, 1), record(B, 2)), (bytes(16),), ()),
-            Gossip(), RangeRequest(0, MAX_RANGE), RangeRequest(5, 6), RangeReply(3, 5, True, (record(A, 3), record(B, 4))),
+            Gossip(), RangeRequest(0, MAX_RANGE), RangeRequest(5, 6),
+            RangeReply(3, 5, True, (record(A, 3), record(B, 4))),
             RangeReply(7, 7, False, ()), Votes((vote(A), vote(B))), Peers((A.machine, B.machine)), Bye()]
 
 
@@ -740,7 +746,8 @@ def test_message_limits_and_range_bounds():
         ["ranged", 0, MAX_RANGE + 1, False, []], ["ranged", 5, 4, False, []], ["ranged", 0, 3, 1, []],
         ["ranged", 0, 3, False, [r]], ["ranged", 4, 9, False, [r]], ["ranged", 0, 3, False, many],
         ["status", 0, 2, 0, 0], ["status", 0, 0, 0, -1], ["status", True, 0, 0, 0], ["status", 0, 0, 0],
-        ["votes", [vote(A).encode()] * (MAX_BATCH + 1)], ["votes", [r]], ["peers", [b"x"]], ["peers", [A.machine.hex()]],
+        ["votes", [vote(A).encode()] * (MAX_BATCH + 1)], ["votes", [r]],
+        ["peers", [b"x"]], ["peers", [A.machine.hex()]],
         ["peers", [A.machine] * (MAX_BATCH + 1)], ["bye", 0], ["hello"], [], [1], {"kind": "bye"}, "bye",
     ]
     for obj in bad:
