@@ -94,7 +94,7 @@ def checkpoint_meta(path: Path) -> dict:
     """The checkpoint's {step, digest, swarm_id}; CheckpointError if unreadable or malformed."""
     try:
         meta = json.loads(Path(path).with_suffix(".json").read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise CheckpointError(f"{path.with_suffix('.json')}: unreadable ({exc})") from None
     if not (isinstance(meta, dict) and type(meta.get("step")) is int and isinstance(meta.get("digest"), str)
             and len(meta["digest"]) == 64 and isinstance(meta.get("swarm_id"), str)):

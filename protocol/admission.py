@@ -4,7 +4,8 @@ A record is *admissible* in a swarm when all of these hold; a replica checks the
 record touches its ledger, and a ledger received from anyone is checked record by record:
 
 1. it decodes strictly (records.py) and its author's signature verifies for this swarm;
-2. it carries exactly ``spec.samples_per_step`` gradients;
+2. it carries exactly ``spec.samples_per_step`` gradients, and its sample counters
+   (``step * samples_per_step + j``) fit in 64 bits;
 3. its ticket admits its machine (identity.check_ticket: open, proof of work, or members).
 
 Where a record sits in time (the step windows, late records per peer) is the swarm core's
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .errors import ProtocolError
+from .hashing import MASK64
 from .identity import check_ticket
 from .messages import Vote
 from .records import Record
@@ -32,6 +34,8 @@ def check_record(spec: SwarmSpec, record: Record) -> Record:
     """``record`` if it is admissible in the swarm of ``spec``; ProtocolError naming why not."""
     if record.n != spec.samples_per_step:
         raise ProtocolError(f"record carries {record.n} gradients; this swarm takes exactly {spec.samples_per_step}")
+    if record.samples(spec.samples_per_step).stop - 1 > MASK64:
+        raise ProtocolError(f"record step {record.step} is too large: its sample counters overflow 64 bits")
     _ticket(spec, record.machine, record.ticket)
     return record.verify(spec.swarm_id)
 

@@ -99,9 +99,17 @@ def _uint(v: object, what: str) -> int:
 
 
 def _text(v: object, what: str, limit: int) -> str:
-    if type(v) is not str or len(v) > limit:
-        raise ProtocolError(f"{what} must be a string of at most {limit} characters")
+    if type(v) is not str or len(v) > limit or not v.isascii() and not _utf8(v):
+        raise ProtocolError(f"{what} must be a (UTF-8) string of at most {limit} characters")
     return v
+
+
+def _utf8(v: str) -> bool:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no canonical encoding
+        return False
+    return True
 
 
 def _exact_fields(kind, obj: object, what: str) -> dict:

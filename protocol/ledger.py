@@ -40,7 +40,6 @@ MAGIC = b"SSLEDGER"
 FORMAT_VERSION = 2
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 _ENTRY = struct.Struct("<II")
-_MAX_PAYLOAD = max(MAX_RECORD_BYTES, MAX_SPEC_BYTES)
 
 NEW, DUPLICATE, EQUIVOCATION, REDUNDANT = "new", "duplicate", "equivocation", "redundant"
 
@@ -156,13 +155,15 @@ def entry(payload: bytes) -> bytes:
     return _ENTRY.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _entry_at(data: bytes, pos: int, decode) -> tuple[object, int] | None:
-    """(decoded payload, end offset) of a valid entry at ``pos``, or None."""
+def _entry_at(data: bytes, pos: int, decode, limit: int = MAX_RECORD_BYTES) -> tuple[object, int] | None:
+    """(decoded payload, end offset) of a valid entry of at most ``limit`` payload bytes at
+    ``pos``, or None. (The limit keeps a resynchronising scan cheap: no CRC over more bytes
+    than a record can have.)"""
     if pos + _ENTRY.size > len(data):
         return None
     length, crc = _ENTRY.unpack_from(data, pos)
     end = pos + _ENTRY.size + length
-    if length == 0 or length > _MAX_PAYLOAD or end > len(data):
+    if length == 0 or length > limit or end > len(data):
         return None
     payload = data[pos + _ENTRY.size:end]
     if zlib.crc32(payload) != crc:
@@ -182,7 +183,7 @@ def scan_ledger(data: bytes) -> LedgerScan:
     if not isinstance(data, (bytes, bytearray)) or not bytes(data).startswith(HEADER):
         raise ProtocolError("not a seedswarm v2 ledger (bad magic or format version)")
     data = bytes(data)
-    first = _entry_at(data, len(HEADER), SwarmSpec.from_canonical)
+    first = _entry_at(data, len(HEADER), SwarmSpec.from_canonical, MAX_SPEC_BYTES)
     if first is None:
         raise ProtocolError("the ledger's first entry (the swarm spec) is missing or corrupt")
     scan = LedgerScan(spec=first[0])
@@ -277,8 +278,8 @@ class LedgerFile:
             self.ledger.add(record)
         if scan.damage:
             self.damage, self.step_before_damage = scan.damage, scan.step_before_damage
-            damaged = self.path.with_name(self.path.name + ".damaged")
-            os.replace(self.path, damaged)
+            # a copy first: if the disk refuses either write, the damaged file is still in place
+            write_atomically(self.path.with_name(self.path.name + ".damaged"), data)
             write_atomically(self.path, encode_ledger(self.spec, scan.records))
         elif scan.torn_bytes:
             with open(self.path, "r+b") as f:

@@ -162,10 +162,12 @@ class SwarmSpec:
         return _build(cls, d, "spec")
 
     @classmethod
-    def from_json(cls, text: str) -> "SwarmSpec":
+    def from_json(cls, text: str | bytes) -> "SwarmSpec":
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ProtocolError(f"a swarm spec's JSON must be text, not {type(text).__name__}")
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer of > 4300 digits
             raise ProtocolError(f"swarm spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
@@ -216,7 +218,10 @@ def _fields_of(kind, value, where: str) -> dict:
     out = dict(value)
     for key in FLOAT_FIELDS.get(kind, ()):
         if key in out and type(out[key]) is int:
-            out[key] = float(out[key])
+            try:
+                out[key] = float(out[key])
+            except OverflowError:
+                raise ProtocolError(f"{where}.{key} is out of the float range") from None
     return out
 
 
@@ -236,7 +241,7 @@ def _json_like(obj: Any, where: str, depth: int = 0) -> None:
             if not isinstance(k, str):
                 raise ProtocolError(f"{where} maps must have string keys")
             _json_like(v, where, depth + 1)
-    elif isinstance(obj, (list, tuple)):
+    elif type(obj) is list:  # not a tuple: it would come back from the canonical bytes as a list
         for v in obj:
             _json_like(v, where, depth + 1)
     elif isinstance(obj, float):
@@ -286,7 +291,7 @@ def _validate(s: SwarmSpec) -> None:
     _string(s.task.kind, "spec.task.kind", 1, 200)
     if type(s.task.options) is not dict:
         raise ProtocolError("spec.task.options must be a mapping")
-    _json_like(s.task.options, "spec.task.options")
+    _json_like(s.task.options, "spec.task.options", depth=2)  # spec -> task -> options
     for name in ("trainable", "frozen", "no_decay"):
         _patterns(getattr(s, name), f"spec.{name}")
     if not s.trainable:
@@ -323,3 +328,10 @@ def _validate(s: SwarmSpec) -> None:
     _int(s.future_window, "spec.future_window", s.delay + 2, MAX_WINDOW)
     if type(s.protocol_version) is not int or s.protocol_version != PROTOCOL_VERSION:
         raise ProtocolError(f"spec speaks protocol {s.protocol_version!r}; this peer speaks {PROTOCOL_VERSION}")
+    # a spec must have canonical bytes, small enough for every peer to fetch
+    try:
+        size = len(s.canonical_bytes())
+    except UnicodeEncodeError:
+        raise ProtocolError("spec strings must be valid Unicode (no lone surrogates)") from None
+    if size > MAX_SPEC_BYTES:
+        raise ProtocolError(f"spec of {size} canonical bytes exceeds {MAX_SPEC_BYTES}")
