@@ -25,7 +25,6 @@ swapped for the whole forward instead.
 
 from __future__ import annotations
 
-import fnmatch
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..protocol import globs
 from ..protocol.hashing import tensor_id, tensor_key
 from .perturb import MAX_TERMS_PER_PASS, Term, apply, perturbed_rows
 
@@ -121,7 +121,7 @@ def select_parameters(model: nn.Module, include: Sequence[str], exclude: Sequenc
     """Named parameters (deduplicated, in model order) matching an include glob and no exclude glob."""
     chosen = [
         (name, p) for name, p in model.named_parameters()
-        if any(fnmatch.fnmatchcase(name, pat) for pat in include) and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)
+        if globs.matches_any(name, include) and not globs.matches_any(name, exclude)
     ]
     if not chosen:
         names = [n for n, _ in model.named_parameters()]
@@ -162,7 +162,7 @@ class ZerothOrder:
         self.model = model
         self.dist = dist
         self.tensors = [
-            TrainableTensor(name, p, tensor_id(name), not any(fnmatch.fnmatchcase(name, pat) for pat in no_decay))
+            TrainableTensor(name, p, tensor_id(name), not globs.matches_any(name, no_decay))
             for name, p in select_parameters(model, trainable, frozen)
         ]
         by_param = {id(t.param): t for t in self.tensors}

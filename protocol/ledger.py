@@ -5,9 +5,10 @@ weights whatever order the records arrived in:
 
 - a record is identified by its body (``Record.rid``): an exact duplicate is ignored;
 - a machine publishes at most one record per step. Two different bodies for the same
-  (step, machine) are an *equivocation*: both are kept as evidence, and from that step on
-  none of that machine's records is applied (``applicable``), on every replica that holds
-  the evidence;
+  (step, machine) are an *equivocation*: both are kept as evidence and neither is applied
+  (``applicable``). The rule looks at that step alone, so replicas that hold the same
+  records of a step apply the same records, however old the evidence (what a peer does
+  about an equivocator beyond that, such as distrusting it, is its own policy);
 - the applicable records of a step are applied in canonical order, by machine id bytes.
 
 File format (append-only, crash-safe)::
@@ -50,7 +51,6 @@ class Ledger:
     def __init__(self, records: Iterable[Record] = ()) -> None:
         self._slots: dict[tuple[int, bytes], list[Record]] = {}  # (step, machine) -> 1 record, or 2 (evidence)
         self._rids: set[bytes] = set()
-        self._banned: dict[bytes, int] = {}  # machine -> first step it equivocated at
         self._steps: dict[int, set[bytes]] = {}
         self._applicable: dict[int, list[Record]] = {}  # cache, dropped when a step changes
         for record in records:
@@ -67,8 +67,8 @@ class Ledger:
 
     def add(self, record: Record) -> str:
         """Insert a record. Returns NEW, DUPLICATE (same body held), EQUIVOCATION (a second body
-        for a held (step, machine): kept as evidence, the machine is banned from that step on)
-        or REDUNDANT (a third body for a slot that already holds evidence: dropped)."""
+        for a held (step, machine): both kept as evidence, neither applied) or REDUNDANT (a third
+        body for a slot that already holds evidence: dropped)."""
         rid = record.rid
         if rid in self._rids:
             return DUPLICATE
@@ -78,9 +78,6 @@ class Ledger:
             outcome = NEW
         elif len(held) == 1:
             held.append(record)
-            first = self._banned.get(record.machine)
-            self._banned[record.machine] = record.step if first is None else min(first, record.step)
-            self._applicable = {s: v for s, v in self._applicable.items() if s < record.step}
             outcome = EQUIVOCATION
         else:
             return REDUNDANT
@@ -89,9 +86,17 @@ class Ledger:
         self._applicable.pop(record.step, None)
         return outcome
 
-    def banned_from(self, machine: bytes) -> int | None:
-        """The step from which ``machine``'s records are void (it equivocated), or None."""
-        return self._banned.get(machine)
+    def equivocated(self, step: int, machine: bytes) -> bool:
+        """``machine`` signed two records of ``step`` (both are held, neither applies)."""
+        return len(self._slots.get((step, machine), ())) > 1
+
+    def equivocators(self) -> dict[bytes, int]:
+        """Machines with evidence of equivocation held -> the first step of it."""
+        out: dict[bytes, int] = {}
+        for (step, machine), held in self._slots.items():
+            if len(held) > 1 and (machine not in out or step < out[machine]):
+                out[machine] = step
+        return out
 
     def applicable(self, step: int) -> list[Record]:
         """The records applied at ``step``, in canonical order."""
@@ -101,8 +106,7 @@ class Ledger:
         out = []
         for machine in sorted(self._steps.get(step, ())):
             held = self._slots[(step, machine)]
-            banned = self._banned.get(machine)
-            if len(held) == 1 and (banned is None or step < banned):
+            if len(held) == 1:
                 out.append(held[0])
         self._applicable[step] = out
         return list(out)

@@ -22,6 +22,7 @@ from typing import Any
 from .canonical import MAX_DEPTH, pack, unpack_canonical
 from .codec import CODEC_NAME
 from .distributions import DISTRIBUTIONS, RADEMACHER
+from . import globs
 from .errors import ProtocolError
 from .identity import MAX_POW_BITS
 from .records import MAX_SAMPLES
@@ -34,6 +35,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 ADMISSION_MODES = ("open", "members")
 CLIP_RULES = ("none", "median")
 MAX_WINDOW = 64
+MAX_SCALE = 1e3      # eps and weight_decay: far beyond any useful value, and never an infinite decay
+MIN_CLIP = 1e-30     # the codec's smallest scale clip * 2**-64 stays a normal double
 MAX_DELAY = 8
 
 
@@ -166,7 +169,7 @@ class SwarmSpec:
         if not isinstance(text, (str, bytes, bytearray)):
             raise ProtocolError(f"a swarm spec's JSON must be text, not {type(text).__name__}")
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer of > 4300 digits
             raise ProtocolError(f"swarm spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
@@ -181,6 +184,13 @@ class SwarmSpec:
         if expected_id is not None and spec.swarm_id != expected_id:
             raise ProtocolError("swarm spec does not hash to the requested swarm id")
         return spec
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ProtocolError(f"swarm spec JSON repeats a key: {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
+    return dict(pairs)
 
 
 def parse_swarm_id(text: str) -> bytes:
@@ -273,6 +283,11 @@ def _int(value: object, where: str, lo: int, hi: int) -> None:
 def _patterns(value: object, where: str) -> None:
     if type(value) is not tuple or len(value) > 256 or not all(type(p) is str and 0 < len(p) <= 200 for p in value):
         raise ProtocolError(f"{where} must be a list of at most 256 non-empty strings")
+    for pattern in value:
+        try:
+            globs.parse(pattern)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
 
 
 def _validate(s: SwarmSpec) -> None:
@@ -298,13 +313,13 @@ def _validate(s: SwarmSpec) -> None:
         raise ProtocolError("spec.trainable must name at least one parameter pattern")
     if s.perturbation not in DISTRIBUTIONS:
         raise ProtocolError(f"spec.perturbation must be one of {DISTRIBUTIONS}")
-    _float(s.eps, "spec.eps", positive=True)
+    _float(s.eps, "spec.eps", positive=True, hi=MAX_SCALE)
     if type(s.lr) is not LRSchedule:
         raise ProtocolError("spec.lr must be a mapping")
-    _float(s.weight_decay, "spec.weight_decay")
+    _float(s.weight_decay, "spec.weight_decay", hi=MAX_SCALE)
     if type(s.codec) is not CodecParams or s.codec.name != CODEC_NAME:
         raise ProtocolError(f"spec.codec.name must be {CODEC_NAME!r}")
-    _float(s.codec.clip, "spec.codec.clip", positive=True, hi=1e30)
+    _float(s.codec.clip, "spec.codec.clip", lo=MIN_CLIP, hi=1e30)
     if type(s.aggregation) is not Aggregation or s.aggregation.clip not in CLIP_RULES:
         raise ProtocolError(f"spec.aggregation.clip must be one of {CLIP_RULES}")
     _float(s.aggregation.clip_factor, "spec.aggregation.clip_factor", positive=True, hi=1e6)

@@ -172,7 +172,8 @@ def test_an_equivocation_voids_the_author_and_is_passed_on_as_evidence():
     a, b = rec(PEERS[0], 0, b"\x05"), rec(PEERS[0], 0, b"\x06")
     d.feed(Received(PEERS[0].machine, Gossip((a,))), 0.1)
     d.feed(Received(PEERS[1].machine, Gossip((b,))), 0.1)
-    assert d.logs("equivocation") and d.core.ledger.banned_from(PEERS[0].machine) == 0
+    assert d.logs("equivocation") and d.core.ledger.equivocated(0, PEERS[0].machine)
+    assert d.core.equivocators == {PEERS[0].machine: 0} and d.core.weight(PEERS[0].machine) == 0
     assert PEERS[0].machine not in d.core.round.missing  # nobody waits for an equivocator
     forwarded = [s for s in d.of(Send) if isinstance(s.message, Gossip) and b.rid in s.message.have + tuple(
         r.rid for r in s.message.records)]

@@ -39,8 +39,8 @@ def test_every_hostile_behaviour_at_once_leaves_the_honest_replicas_identical():
             assert refused_as_author > 0, p.name  # visible in every honest peer's counts
         if b.junk:
             assert blamed > 0, p.name
-        if b.equivocate:  # its records count nowhere once the evidence is out
-            assert all(h.replica.ledger.banned_from(p.signer.machine) is not None for h in honest)
+        if b.equivocate:  # its doubled steps count nowhere once the evidence is out
+            assert all(p.signer.machine in h.replica.ledger.equivocators() for h in honest)
     assert by_name
 
 

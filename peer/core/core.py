@@ -162,6 +162,7 @@ class SwarmCore:
         self._late: list[Record] = []
         self._last_rebuild = -(1 << 30)             # horizon at the last late-record rebuild
         self.late_by: Counter[bytes] = Counter()    # late records admitted, per author
+        self.equivocators: dict[bytes, int] = {}    # machines caught signing two records of a step -> that step
         self._busy = 0                             # rebuilds / checkpoint installs in flight
         self.known: dict[bytes, float] = {}        # members we could dial -> when first heard of
         self.departed: dict[bytes, float] = {}
@@ -423,6 +424,7 @@ class SwarmCore:
             return None
         if outcome == EQUIVOCATION:
             self._refuse(record.machine, "equivocation")
+            self.equivocators.setdefault(record.machine, step)
             out.append(Log("equivocation", {"machine": record.machine.hex(), "step": step}))
         if late:
             self._late.append(record)
@@ -520,7 +522,7 @@ class SwarmCore:
         if self.cfg.training:
             expected.add(self.me)
         expected -= self.departed.keys()
-        expected = {m for m in expected if self.ledger.banned_from(m) is None}
+        expected -= self.equivocators.keys()
         present = {r.machine for r in self.ledger.applicable(step)}
         ahead: set[bytes] = set()
         for s in range(step + 1 + self.spec.delay, self.horizon + self.spec.future_window + 1):
@@ -673,7 +675,7 @@ class SwarmCore:
             if self.now < when or self._busy or self._heal is not None or self._range is not None:
                 continue
             del self._tallies[step]
-            self._act_on(self.votes.tally(step, self.standing, self.digests.get(step), self.me), out)
+            self._act_on(self.votes.tally(step, self.weight, self.digests.get(step), self.me), out)
 
     def _act_on(self, tally: Tally, out: list) -> None:
         mine = self.digests.get(tally.step)
@@ -768,11 +770,16 @@ class SwarmCore:
         self._cast(heal.step, out)
 
     # ===================================================================================== join
+    def weight(self, machine: bytes) -> int:
+        """What a machine's word (votes, status) weighs here: its standing, or nothing for a
+        machine caught equivocating (local policy: its records of other steps still count)."""
+        return 0 if machine in self.equivocators else self.standing(machine)
+
     def _frontier(self) -> int:
         """Where the swarm is: the lower median of our neighbours' sealed steps (only those
         with standing, when we know any), so liars in a minority cannot move it."""
         statuses = [(p, link.status) for p, link in self.gossip.links.items() if link.status is not None]
-        trusted = [st.sealed for p, st in statuses if self.standing(p) > 0]
+        trusted = [st.sealed for p, st in statuses if self.weight(p) > 0]
         values = sorted(trusted or [st.sealed for _, st in statuses])
         return values[(len(values) - 1) // 2] if values else self.horizon
 
@@ -831,7 +838,7 @@ class SwarmCore:
         for step in sorted({v.step for v in self.votes.recent(0)}, reverse=True):
             if step % self.cfg.checkpoint_every:
                 continue
-            tally = self.votes.tally(step, self.standing)
+            tally = self.votes.tally(step, self.weight)
             if tally.winner is not None and tally.supporters:
                 self.phase = "join_checkpoint"
                 self._join_digest = tally.winner
@@ -889,10 +896,10 @@ class SwarmCore:
             self._cast(target, out)
             self._final_voted_at = self.now
             return
-        waiting = [p for p in self.gossip.links if self.standing(p) > 0 and p not in self.votes.of(target)]
+        waiting = [p for p in self.gossip.links if self.weight(p) > 0 and p not in self.votes.of(target)]
         if waiting and self.now - self._final_voted_at < self.cfg.finish_timeout:
             return
-        tally = self.votes.tally(target, self.standing, self.digests.get(target), self.me)
+        tally = self.votes.tally(target, self.weight, self.digests.get(target), self.me)
         if tally.winner is not None and tally.winner != self.digests.get(target) and not self._final_healed:
             self._final_healed = True
             self._act_on(tally, out)
