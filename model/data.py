@@ -22,29 +22,50 @@ class DataError(ValueError):
     """A data file that cannot be used, with the file and line that is wrong."""
 
 
-def read_jsonl(path: str | os.PathLike, require_label: bool = False) -> list[Example]:
+def read_jsonl(path: str | os.PathLike, labels: Sequence[str] | None = None) -> list[Example]:
+    """Examples of a JSONL file, each checked up front: with ``labels`` (a classification
+    task's label names), every line needs a "label" that is one of them or its index. Any
+    bad line is a DataError naming the file and the line, before anything trains on it."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a folder; give a JSONL file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DataError(f'{path}:{lineno}: each line must be an object with a string "text"')
-            if "label" in obj and not isinstance(obj["label"], (int, str)) or isinstance(obj.get("label"), bool):
-                raise DataError(f'{path}:{lineno}: "label" must be an integer or a string')
-            if require_label and "label" not in obj:
-                raise DataError(f'{path}:{lineno}: this task needs a "label" on every line')
-            examples.append(obj)
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                    raise DataError(f'{path}:{lineno}: each line must be an object with a string "text"')
+                if labels is not None:
+                    check_label(obj.get("label"), labels, f"{path}:{lineno}")
+                examples.append(obj)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not examples:
         raise DataError(f"data file {str(path)!r} has no examples")
     return examples
+
+
+def check_label(label: object, names: Sequence[str], where: str) -> int:
+    """The index of ``label`` among ``names`` (a name or an index), or DataError saying where."""
+    if label is None:
+        raise DataError(f'{where}: no "label" (this task needs one of {list(names)}, or its index 0..{len(names) - 1})')
+    if type(label) is str:
+        if label not in names:
+            raise DataError(f"{where}: label {label!r} is not one of {list(names)}")
+        return list(names).index(label)
+    if type(label) is not int or not 0 <= label < len(names):
+        raise DataError(f"{where}: label {label!r} is not one of {list(names)} nor an index 0..{len(names) - 1}")
+    return label
 
 
 def write_jsonl(path: str | os.PathLike, examples: Sequence[Example]) -> None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..protocol.spec import TaskRef
+from .data import check_label
 from .zo import PairedLoss
 
 ENCODER, CAUSAL = "encoder", "causal"
@@ -48,13 +49,13 @@ class Task(Protocol):
 
 
 def _label_index(label, names: Sequence[str]) -> int:
-    if isinstance(label, str):
-        if label not in names:
-            raise ValueError(f"label {label!r} is not one of {list(names)}")
-        return names.index(label)
-    if not 0 <= label < len(names):
-        raise ValueError(f"label {label} outside 0..{len(names) - 1}")
-    return label
+    return check_label(label, names, "example")
+
+
+def task_labels(task) -> Sequence[str] | None:
+    """A classification task's label names (every example needs one); None otherwise."""
+    labels = getattr(task, "labels", None)
+    return list(labels) if labels else None
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,7 @@ class LabelPromptTask(_ClassifierLosses):
         # regenerates each perturbed weight once, not twice.
         texts = [e["text"] for e in examples] + list(self.prompts)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
+        labels = torch.tensor([_label_index(e.get("label"), self.labels) for e in examples])
         return {"enc": dict(enc), "labels": labels, "n": len(examples)}
 
     def _output(self, model, enc):
@@ -158,7 +159,7 @@ class LabelWordTask(_ClassifierLosses):
     def collate(self, examples):
         texts = [self.template.format(text=e["text"]) for e in examples]
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        labels = torch.tensor([_label_index(e.get("label", 0), self.labels) for e in examples])
+        labels = torch.tensor([_label_index(e.get("label"), self.labels) for e in examples])
         return {"enc": dict(enc), "labels": labels}
 
     def _output(self, model, enc):

@@ -13,6 +13,7 @@ the flag, with exit status 2; nothing is half-written.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import os
 import sys
@@ -56,15 +57,19 @@ def _phases():
 
 def cmd_eval(args) -> int:
     from ..model import evaluate, load_model, read_jsonl
-    from ..model.tasks import build_task, task_model_class
+    from ..model.tasks import build_task, task_labels, task_model_class
 
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
     ref = _task_ref(args.task)
-    examples = read_jsonl(args.data)
+    read_jsonl(args.data)  # a bad file fails before the model loads
     with _phases() as show:
         show.phase("load model", args.model or "the bundled all-MiniLM-L6-v2")
         model, tokenizer = load_model(args.model, task_model_class(ref))
+        task = build_task(ref, tokenizer)
+        examples = read_jsonl(args.data, labels=task_labels(task))
         show.phase("evaluate", f"{len(examples)} examples of {args.data}")
-        result = evaluate(model, build_task(ref, tokenizer), examples, args.batch_size)
+        result = evaluate(model, task, examples, args.batch_size)
     if args.json:
         print(json.dumps(result))
     else:
@@ -76,6 +81,8 @@ def cmd_eval(args) -> int:
 def cmd_replay(args) -> int:
     from .artifacts import replay_ledger, save_model_folder
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     with _phases() as show:
         show.phase("replay", f"load the base weights, check their digest, apply the records of {args.ledger}")
         model, tokenizer, spec, records = replay_ledger(args.ledger, args.base)
@@ -99,9 +106,21 @@ def cmd_digest(args) -> int:
 def cmd_data(args) -> int:
     from ..model.data import sentiment_examples, split, write_jsonl
 
+    if not 0.0 < args.test_fraction < 1.0:
+        raise UsageError("--test-fraction must be between 0 and 1 (exclusive)")
+    if not args.min_rating >= 0.0:
+        raise UsageError("--min-rating must be >= 0")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
     train, test = split(sentiment_examples(args.min_rating), args.test_fraction)
-    write_jsonl(os.path.join(args.out, "train.jsonl"), train)
-    write_jsonl(os.path.join(args.out, "test.jsonl"), test)
+    if not train or not test:
+        raise UsageError(f"--min-rating {args.min_rating} leaves too few examples to split")
+    try:
+        write_jsonl(out / "train.jsonl", train)
+        write_jsonl(out / "test.jsonl", test)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out!r}: cannot write ({exc.strerror or exc})") from None
     print(f"wrote {len(train)} training and {len(test)} held-out examples to {args.out}/{{train,test}}.jsonl")
     return 0
 
@@ -158,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
     except (DataError, ModelLoadError, ProtocolError, DigestMismatch, IdentityError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
+    except OSError as exc:  # a folder where a file should be, no permission, a full disk, ...
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        parser.exit(2, f"seedswarm {args.command}: error: {exc.strerror or exc}{where}\n")
     except KeyboardInterrupt:
         print(f"seedswarm {args.command}: stopped", file=sys.stderr)
         return 130
@@ -178,4 +200,8 @@ def _quiet_libraries() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this file's __main__ copy: the commands raise the package's
+    # UsageError, which only the package's main() catches
+    from seedswarm.peer.cli import main as package_main
+
+    sys.exit(package_main())

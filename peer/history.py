@@ -99,7 +99,7 @@ class History:
         state = self._read_state()
         self.base_step = state.get("base_step", 0)
         recorded = self._recorded_digests(state)
-        target = max(state.get("sealed", 0), self.ledger.last_step + 1)
+        target = state.get("sealed", 0)  # the ledger may also hold our own records of steps not sealed yet
         opened = Opened(0, damage=list(self.ledger_file.damage))
         # replay from the second newest checkpoint, so the ledger is checked against the newest one
         # and every digest state.json recorded since
@@ -176,7 +176,14 @@ class History:
 
     # --- the operations ------------------------------------------------------------------
     def compute(self, step: int, batches: Sequence[Any], signer: Signer, ticket: bytes = b"") -> LocalStep:
-        return self.replica.local_step(step, signer, batches, ticket)
+        """Our record of ``step``, on disk before anyone sees it: a peer restarted after a
+        crash publishes the same record again, never a second one (an equivocation)."""
+        held = self.ledger.slot(step, signer.machine)
+        if held:
+            return LocalStep(held[0], [], [], 0.0)
+        local = self.replica.local_step(step, signer, batches, ticket)
+        self.ledger_file.add([local.record])
+        return local
 
     def seal(self, step: int, records: Sequence[Record]) -> bytes | None:
         """Apply step ``step``; returns the digest if the spec or the final step asks for one."""
@@ -201,7 +208,8 @@ class History:
             self.ledger_file.add(records)
         top = self.sealed
         recorded = {s: d for s, d in (trusted or {}).items()}
-        start = self._load_newest_checkpoint(min(first, top), recorded)
+        # (records of steps before a checkpoint we joined from are kept, but our history starts there)
+        start = self._load_newest_checkpoint(max(min(first, top), self.base_step), recorded)
         self.sealed = start
         self.digests = {s: d for s, d in self.digests.items() if s <= start}
         changed = self._replay(start, top)

@@ -39,7 +39,7 @@ from hivemind.p2p import PeerID
 from torch import nn
 
 from ..model.data import BatchStream, read_jsonl
-from ..model.tasks import build_task
+from ..model.tasks import build_task, task_labels
 from ..protocol.directory import MEMBER_BUCKETS, Announcement, MemberInfo
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import check_ticket, solve_pow
@@ -150,6 +150,7 @@ class Node:
                               finish_timeout=cfg.finish_timeout)
         self.core = SwarmCore(self.spec, self.signer, core_cfg, ticket=self.ticket, sealed=opened.sealed,
                               ledger=self.history.ledger, digests=opened.digests)
+        self.core.floor = self.history.base_step
         self.links = Links(self.p2p, self.swarm, self.machine, self._post)
         await self.links.start()
         await self.p2p.add_binary_stream_handler(checkpoint_protocol(self.swarm), self._serve_checkpoint)
@@ -230,7 +231,7 @@ class Node:
             if self.batches is None:
                 if not cfg.data:
                     raise PeerError("--data is required: this peer's private JSONL training data")
-                examples = read_jsonl(cfg.data, require_label=getattr(task, "needs_label", False))
+                examples = read_jsonl(cfg.data, labels=task_labels(task))
                 stream = BatchStream(examples, spec.batch_size, seed=cfg.data_seed)
                 self.batches = (task.collate(batch) for batch in stream)
         if self.batches is None:
@@ -307,7 +308,8 @@ class Node:
             local = self.history.compute(step, batches, self.signer, self.ticket)
         except (FloatingPointError, StopIteration, ValueError, RuntimeError) as exc:
             return ComputeFailed(step, str(exc))
-        self.loss = float(statistics.fmean(local.losses))
+        if local.losses:  # (empty for a record published before a restart, sent again as it was)
+            self.loss = float(statistics.fmean(local.losses))
         return RecordReady(local.record, local.seconds)
 
     def _seal(self, step: int, records):

@@ -82,11 +82,29 @@ def test_replay_writes_a_loadable_model_whose_digest_matches_live_training(capsy
     (["replay", "--ledger", "missing.ssl", "--out", "x"], "does not exist"),
     (["replay", "--ledger", "{data}", "--out", "x"], "not a seedswarm v2 ledger"),
     (["digest", "{tmp}"], "no config.json"),
+    # labels are checked up front, naming the file and line (a missing one used to become 0)
+    (["eval", "--data", "{nolabel}"], "nolabel.jsonl:2: no \"label\""),
+    (["eval", "--data", "{wronglabel}"], "wronglabel.jsonl:1: label 7"),
+    (["eval", "--data", "{namedlabel}"], "namedlabel.jsonl:1: label 'happy' is not one of"),
+    (["eval", "--data", "{tmp}"], "is a folder"),
+    (["eval", "--data", "{data}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["data", "sentiment", "--out", "{tmp}/o", "--test-fraction", "1.5"], "--test-fraction"),
+    (["data", "sentiment", "--out", "{tmp}/o", "--test-fraction", "0"], "--test-fraction"),
+    (["data", "sentiment", "--out", "{data}"], "is a file"),
+    (["replay", "--ledger", "{ledger}", "--out", "{data}"], "is a file"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(capsys, tmp_path, data_file, argv, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "label": 1}\n{oops\n')
-    argv = [a.format(data=data_file, bad=bad, tmp=tmp_path) for a in argv]
+    (tmp_path / "nolabel.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": "no label here"}\n')
+    (tmp_path / "wronglabel.jsonl").write_text('{"text": "out of range", "label": 7}\n')
+    (tmp_path / "namedlabel.jsonl").write_text('{"text": "a name", "label": "happy"}\n')
+    from seedswarm.protocol.ledger import encode_ledger
+
+    (tmp_path / "l.ssl").write_bytes(encode_ledger(make_spec(model=ModelRef("tiny-bert")), []))
+    names = dict(data=data_file, bad=bad, tmp=tmp_path, nolabel=tmp_path / "nolabel.jsonl", ledger=tmp_path / "l.ssl",
+                 wronglabel=tmp_path / "wronglabel.jsonl", namedlabel=tmp_path / "namedlabel.jsonl")
+    argv = [a.format(**names) for a in argv]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2

@@ -186,3 +186,15 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_partial_file(tmp_path, mo
         save_checkpoint(tmp_path, tiny_bert(), 4, "00" * 32, SPEC.swarm_id)
     assert not list(tmp_path.iterdir())
     assert safetensors.torch  # the real writer is untouched
+
+
+def test_our_record_is_on_disk_before_it_is_sent_and_never_recomputed_after_a_crash(tmp_path, tokenizer):
+    task = build_task(SPEC.task, tokenizer)
+    h = History(tmp_path, SPEC, tiny_bert(), task.loss, checkpoint_every=4)
+    h.open(resume=False)
+    first = h.compute(0, [task.collate(TEXTS[:4])], SIGNERS[0]).record
+    h.close()  # killed before step 0 was sealed
+    again = History(tmp_path, SPEC, tiny_bert(), task.loss, checkpoint_every=4)
+    assert again.open(resume=True).sealed == 0
+    second = again.compute(0, [task.collate(TEXTS[4:])], SIGNERS[0]).record  # other data now
+    assert second == first and second.signature == first.signature  # the same record: no equivocation

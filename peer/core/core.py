@@ -150,6 +150,7 @@ class SwarmCore:
         self.digests: dict[int, bytes] = dict(digests or {})
         self.sealed = sealed                       # steps the replica has applied
         self.horizon = sealed                      # steps for which a Seal was issued
+        self.floor = 0                             # our history starts here (a checkpoint we joined from)
         self.phase = "start"
         self.now = 0.0
         self.started: float | None = None
@@ -198,6 +199,8 @@ class SwarmCore:
                     for r in ledger.at(step):
                         self.ledger.add(r)
                         self.gossip.note(r.rid, r.step)
+                        if step >= sealed and r.machine == self.me:
+                            self.own[step] = r  # published before a restart: never computed twice
             self.standing.reset([(s, tuple(r.machine for r in ledger.applicable(s)))
                                  for s in ledger.steps() if sealed - config.standing_window <= s < sealed])
 
@@ -269,6 +272,9 @@ class SwarmCore:
         votes = [v for v in self.votes.recent(self.sealed - 8 * self.spec.digest_every) if v.machine == self.me]
         if votes:
             out.append(Send(peer, Votes(tuple(votes[-MAX_BATCH:]))))
+        pending = [r for step, r in sorted(self.own.items()) if step >= self.horizon]
+        if pending:  # our records of steps not sealed yet: a new neighbour may not have them
+            self.gossip.answer(peer, pending)
 
     def _link_down(self, peer: bytes) -> None:
         self.gossip.drop_link(peer)
@@ -409,7 +415,7 @@ class SwarmCore:
             if step >= self.horizon + self.spec.future_window:
                 self._refuse(record.machine, "too far ahead")
                 return None
-            if step < self.horizon - self.spec.late_window:
+            if step < self.horizon - self.spec.late_window or step < self.floor:
                 self._refuse(record.machine, "too late")
                 return None
             try:
@@ -752,7 +758,7 @@ class SwarmCore:
             return
         if self.phase == "join_checkpoint":
             if event.ok:
-                self.sealed = self.horizon = event.step
+                self.sealed = self.horizon = self.floor = event.step
                 self.digests[event.step] = self._join_digest
                 self._agreed = event.step
                 self.ledger = Ledger(self.ledger.ordered(event.step))
