@@ -76,6 +76,21 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the live display")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("identity", help="print the peer id of an identity file (created if missing)")
+    p.add_argument("--identity-path", required=True, help="Ed25519 libp2p private key file")
+    p.set_defaults(func=cmd_identity)
+
+    p = sub.add_parser("members", help="members-only swarms: an authority key, and tickets for members")
+    msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = msub.add_parser("authority", help="create the swarm's authority key; prints the public key for the spec")
+    q.add_argument("--out", required=True, help="where to write the authority's private key (keep it secret)")
+    q.set_defaults(func=cmd_members_authority)
+    q = msub.add_parser("ticket", help="issue the ticket that admits one peer id to the swarm")
+    q.add_argument("--authority", required=True, help="the authority key file")
+    q.add_argument("--swarm-spec", required=True, metavar="FILE", help="the members-only swarm's spec (JSON)")
+    q.add_argument("--peer-id", required=True, help="the member's peer id (`seedswarm identity` prints it)")
+    q.set_defaults(func=cmd_members_ticket)
+
     p = sub.add_parser("bootstrap", help="run a DHT-only node that others use as --initial-peers")
     _network_flags(p)
     p.add_argument("--duration", type=float, default=0, help="seconds to run (default: until interrupted)")
@@ -244,6 +259,31 @@ def _fmt(x) -> str:
 
 def _kb(x) -> str:
     return "n/a" if x is None else f"{x / 1024:.1f} KiB"
+
+
+# --- identities and membership -----------------------------------------------------------------------
+def cmd_identity(args) -> int:
+    from .identity import load_identity
+
+    print(load_identity(args.identity_path).peer_id)
+    return 0
+
+
+def cmd_members_authority(args) -> int:
+    from .membership import create_authority
+
+    signer = create_authority(args.out)
+    print(f"authority key written to {args.out} (keep it secret; it admits members)")
+    print(f'spec: "admission": {{"mode": "members", "authority": "{signer.public_key.hex()}"}}')
+    return 0
+
+
+def cmd_members_ticket(args) -> int:
+    from .membership import member_ticket
+
+    spec = _spec_from_flags(argparse.Namespace(swarm_spec=args.swarm_spec))
+    print(member_ticket(args.authority, spec, args.peer_id).hex())
+    return 0
 
 
 # --- demo ----------------------------------------------------------------------------------------

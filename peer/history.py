@@ -48,6 +48,10 @@ class HistoryError(RuntimeError):
     """The history on disk cannot be trusted or written; the message says why and what to do."""
 
 
+class NoCheckpoint(HistoryError):
+    """No checkpoint this replica still keeps is old enough to rebuild from."""
+
+
 @dataclass
 class Opened:
     sealed: int
@@ -171,8 +175,8 @@ class History:
                 continue
             self.replica.reset()
             return step
-        raise HistoryError(f"no intact checkpoint in {self.folder} (the base checkpoint ckpt-00000000 is gone or "
-                           "corrupt): start a fresh --checkpoint-dir")
+        raise NoCheckpoint(f"no intact checkpoint at or before step {at_most} in {self.folder} (the base checkpoint "
+                           "ckpt-00000000 is gone or corrupt, or older ones were pruned): start a fresh --checkpoint-dir")
 
     # --- the operations ------------------------------------------------------------------
     def compute(self, step: int, batches: Sequence[Any], signer: Signer, ticket: bytes = b"") -> LocalStep:
@@ -200,7 +204,8 @@ class History:
     def rebuild(self, first: int, records: Sequence[Record], replace: bool = False, last: int = 0,
                 trusted: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Add (or, with ``replace``, substitute for steps first..last-1) records, then replay
-        from the newest trusted checkpoint at or before ``first``. Returns the new digests."""
+        from the newest trusted checkpoint at or before ``first``. Returns the new digests.
+        NoCheckpoint (weights unchanged, records kept) when no such checkpoint is left."""
         if replace:
             kept = [r for r in self.ledger.ordered() if not first <= r.step < last]
             self.ledger_file.rewrite(kept + list(records))

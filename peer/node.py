@@ -50,10 +50,10 @@ from .artifacts import DigestMismatch, load_base
 from .checkpoint import checkpoint_protocol, receive_checkpoint, serve_checkpoint
 from .config import PeerConfig
 from .core import CoreConfig, SwarmCore
-from .core.events import (CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, FetchCheckpoint, Finished,
+from .core.events import (CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, Fail, FetchCheckpoint, Finished,
                           Log, PeersFound, Rebuild, Rebuilt, RecordReady, Seal, Send, ServeRange, StepSealed, Stop, Tick)
 from .dht import SwarmDHT
-from .history import LEDGER_NAME, History, HistoryError
+from .history import LEDGER_NAME, History, HistoryError, NoCheckpoint
 from .identity import load_identity
 from .process import descendants
 from .transport import Links
@@ -145,9 +145,14 @@ class Node:
             where = ", ".join(f"offset {o} ({n} bytes)" for o, n in opened.damage)
             self._event("ledger_damaged", file=str(self.workdir / LEDGER_NAME), damage=where,
                         rolled_back_to=opened.sealed, kept=str(self.workdir / (LEDGER_NAME + ".damaged")))
+        needs_peers = ""
+        if not opened.verified:
+            needs_peers = (f"{self.workdir / LEDGER_NAME} does not reproduce this replica's weights"
+                           + (f" (damaged at {where})" if opened.damage else "")
+                           + f": rolled back to step {opened.sealed}, and the records since must come from peers")
         core_cfg = CoreConfig(target=cfg.steps, min_peers=cfg.min_peers, join_by=cfg.join_by,
                               checkpoint_every=checkpoint_every, max_links=cfg.max_links,
-                              finish_timeout=cfg.finish_timeout)
+                              finish_timeout=cfg.finish_timeout, needs_peers=needs_peers)
         self.core = SwarmCore(self.spec, self.signer, core_cfg, ticket=self.ticket, sealed=opened.sealed,
                               ledger=self.history.ledger, digests=opened.digests)
         self.core.floor = self.history.base_step
@@ -279,6 +284,8 @@ class Node:
             asyncio.create_task(self._fetch_checkpoint(action))
         elif isinstance(action, Log):
             self._core_log(action)
+        elif isinstance(action, Fail):
+            self._fail(PeerError(action.reason + " (restore the folder from a backup, or start a fresh --checkpoint-dir)"))
         elif isinstance(action, Finished):
             if not self._done.done():
                 self._done.set_result(action.summary)
@@ -316,7 +323,11 @@ class Node:
         return StepSealed(step, self.history.seal(step, records))
 
     def _rebuild(self, action: Rebuild):
-        digests = self.history.rebuild(action.first, action.records, action.replace, action.last, action.trusted)
+        try:
+            digests = self.history.rebuild(action.first, action.records, action.replace, action.last, action.trusted)
+        except NoCheckpoint as exc:
+            logger.info("%s", exc)
+            return Rebuilt(self.history.sealed, {}, ok=False)
         return Rebuilt(self.history.sealed, digests)
 
     def _serve_range(self, action: ServeRange):

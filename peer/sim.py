@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..protocol.admission import check_record, check_vote
 from ..protocol.errors import ProtocolError
-from ..protocol.identity import Signer
+from ..protocol.identity import Signer, issue_member_ticket, solve_pow
 from ..protocol.ledger import Ledger
 from ..protocol.messages import Gossip, Message, RangeReply, Status, Vote, Votes, encode_message
 from ..protocol.records import Record
@@ -122,6 +122,7 @@ class Behaviour:
     junk: bool = False              # malformed frames
     fake_votes: bool = False        # votes for digests of its choice at every digest step
     fake_checkpoint: bool = False   # serves a checkpoint that is not what it claims
+    outsider: bool = False          # has no valid admission ticket (members-only or proof-of-work swarms)
 
     @property
     def hostile(self) -> bool:
@@ -158,7 +159,7 @@ class Simulation:
     """N cores, one network, one clock. ``run(until)`` advances the world."""
 
     def __init__(self, spec: SwarmSpec, seed: int = 0, net: NetConfig | None = None,
-                 core_config: Callable[[], CoreConfig] | None = None) -> None:
+                 core_config: Callable[[], CoreConfig] | None = None, authority: Signer | None = None) -> None:
         self.spec = spec
         self.net = net or NetConfig()
         self.rng = random.Random(seed)
@@ -174,6 +175,7 @@ class Simulation:
         self._verified: dict[bytes, bool] = {}
         self._vote_ok: dict[bytes, bool] = {}
         self._msg_bytes: dict[int, int] = {}
+        self.authority = authority  # a members-only swarm's authority, which issues the tickets
         self.base = hashlib.sha256(b"base weights" + spec.swarm_id).digest()
         self.rendezvous: list[bytes] = []   # the DHT's member entries (bounded sample served)
         self.joins = 0
@@ -228,8 +230,9 @@ class Simulation:
         signer = Signer(hashlib.sha256(f"{self.seed}/{name}".encode()).digest())
         cfg = self.core_config()
         cfg.target, cfg.join_by, cfg.min_peers = target, join_by, min_peers
-        core = SwarmCore(self.spec, signer, cfg, verify=self._check, verify_vote=self._check_vote,
-                         seed=self.rng.getrandbits(64), digests={0: self.base})
+        core = SwarmCore(self.spec, signer, cfg, ticket=self._ticket(signer, behaviour or Behaviour()),
+                         verify=self._check, verify_vote=self._check_vote, seed=self.rng.getrandbits(64),
+                         digests={0: self.base})
         peer = SimPeer(name, signer, core, ChainReplica(self.base), behaviour or Behaviour(), compute_time,
                        joined_at=self.now)
         self.peers[signer.machine] = peer
@@ -238,6 +241,14 @@ class Simulation:
         self.at(self.now, self._feed, signer.machine, PeersFound(tuple(found)))
         self.at(self.now + self.rng.random() * self.net.tick, self._tick, signer.machine)
         return peer
+
+    def _ticket(self, signer: Signer, behaviour: Behaviour) -> bytes:
+        a = self.spec.admission
+        if a.mode == "members":
+            return bytes(64) if behaviour.outsider else issue_member_ticket(self.authority, self.spec.swarm_id, signer.machine)
+        if a.pow_bits:
+            return bytes(8) if behaviour.outsider else solve_pow(self.spec.swarm_id, signer.machine, a.pow_bits)
+        return b""
 
     def remove_peer(self, machine: bytes, graceful: bool) -> None:
         peer = self.peers[machine]

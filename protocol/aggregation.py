@@ -12,7 +12,13 @@ exact doubles), ``spec.aggregation.clip = "median"`` with ``clip_factor`` c comp
     g'_ij = g_ij if |g_ij| <= b, else b if g_ij > 0, else -b
 
 so one record moves the weights at most as far as the step's median gradient (times c),
-however large its bytes. ``"none"`` keeps g' = g. The update of sample j of record r is then
+however large its bytes. ``"redescend"`` keeps the same bound but counts a gradient beyond it
+the less the further out it is::
+
+    g'_ij = g_ij if |g_ij| <= b, else (b*b)/|g_ij| if g_ij > 0, else -((b*b)/|g_ij|)
+
+(a hostile peer's largest byte then counts almost nothing; a gradient exactly at b counts b,
+the most any gradient counts). ``"none"`` keeps g' = g. The update of sample j of record r is then
 (SPEC section 10.4) ``coef = f32(-(lr(r.step) * g'_ij))`` with the decay of the tensor.
 """
 
@@ -51,6 +57,9 @@ def step_gradients(spec: SwarmSpec, records: Sequence[Record]) -> list[list[floa
     bound = clip_bound(spec, [v for vs in values for v in vs])
     if bound is None:
         return values
+    if spec.aggregation.clip == "redescend":
+        square = bound * bound
+        return [[v if abs(v) <= bound else (square / abs(v) if v > 0 else -(square / abs(v))) for v in vs] for vs in values]
     return [[v if abs(v) <= bound else (bound if v > 0 else -bound) for v in vs] for vs in values]
 
 

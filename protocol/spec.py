@@ -33,7 +33,7 @@ SPEC_DOMAIN = b"seedswarm/spec/v2\x00"
 MAX_SPEC_BYTES = 32 * 1024
 DTYPES = ("float32", "bfloat16", "float16")
 ADMISSION_MODES = ("open", "members")
-CLIP_RULES = ("none", "median")
+CLIP_RULES = ("none", "median", "redescend")
 MAX_WINDOW = 64
 MAX_SCALE = 1e3      # eps and weight_decay: far beyond any useful value, and never an infinite decay
 MIN_CLIP = 1e-30     # the codec's smallest scale clip * 2**-64 stays a normal double
@@ -80,9 +80,11 @@ class Aggregation:
     """The step rule: how the decoded gradients of one sealed step become update
     coefficients, computed identically by every replica from that step's records alone.
 
-    ``clip = "median"`` bounds every gradient of a step to ``clip_factor`` times the step's
-    median magnitude (lower median), so a hostile record moves the weights at most about as
-    much as an honest one; ``"none"`` applies gradients as decoded."""
+    With b = ``clip_factor`` times the step's lower-median gradient magnitude:
+    ``"median"`` clips every gradient to [-b, b]; ``"redescend"`` keeps gradients within the
+    bound and gives one beyond it the magnitude b*b/|g| (the further out, the less it counts:
+    the largest byte a hostile peer can send counts almost nothing, and no gradient counts more
+    than b); ``"none"`` applies gradients as decoded."""
 
     clip: str = "median"
     clip_factor: float = 1.0

@@ -99,13 +99,21 @@ class Hostile:
         self.call(self.p2p.add_binary_stream_handler(checkpoint_protocol(self.swarm), handler))
 
     def close(self) -> None:
+        async def stop():
+            await self.links.close()
+            await self.p2p.shutdown()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
         try:
-            self.call(self.links.close(), timeout=20)
+            self.call(stop(), timeout=20)
         except Exception:
             pass
         self.dht.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 __all__ = ["Hostile", "encode_message"]

@@ -13,7 +13,7 @@ from seedswarm.model.digest import weight_digest
 from seedswarm.model.replica import Replica
 from seedswarm.model.tasks import PRESETS, build_task
 from seedswarm.peer.cli import main
-from seedswarm.protocol import LedgerFile, ModelRef, Signer
+from seedswarm.protocol import LedgerFile, ModelRef, ProtocolError, Signer
 
 SIGNER = Signer(bytes(32))
 
@@ -157,3 +157,41 @@ def test_demo_refuses_to_replace_a_folder_that_is_not_its_own(capsys, tmp_path):
         main(["demo", "--out", str(precious), "--steps", "1", "--peers", "1"])
     assert exc.value.code == 2 and "--out" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_a_members_only_swarm_from_the_command_line(capsys, tmp_path):
+    """The creator makes an authority key and puts it in the spec; a member prints its peer id
+    and gets a ticket; the ticket admits exactly that peer to exactly that swarm."""
+    import dataclasses
+
+    from seedswarm.protocol import Admission, Record, SwarmSpec
+    from seedswarm.protocol.admission import check_record
+    from seedswarm.peer.identity import load_identity
+
+    code, out, _ = run(capsys, "members", "authority", "--out", str(tmp_path / "authority.key"))
+    authority = out.split('"authority": "')[1].split('"')[0]
+    assert code == 0 and len(authority) == 64
+    spec = dataclasses.replace(make_spec(), admission=Admission("members", authority=authority))
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    code, out, _ = run(capsys, "identity", "--identity-path", str(tmp_path / "member.key"))
+    peer_id = out.strip()
+    code, out, _ = run(capsys, "members", "ticket", "--authority", str(tmp_path / "authority.key"),
+                       "--swarm-spec", str(tmp_path / "spec.json"), "--peer-id", peer_id)
+    ticket = bytes.fromhex(out.strip())
+    member = load_identity(tmp_path / "member.key").signer
+    stranger = load_identity(tmp_path / "stranger.key").signer
+    check_record(spec, Record.create(member, spec.swarm_id, 0, 0, b"\x01", ticket))
+    for signer, t in ((stranger, ticket), (member, b""), (member, bytes(64))):
+        with pytest.raises(ProtocolError):
+            check_record(spec, Record.create(signer, spec.swarm_id, 0, 0, b"\x01", t))
+    other = SwarmSpec.from_dict({**spec.to_dict(), "name": "another"})
+    with pytest.raises(ProtocolError):
+        check_record(other, Record.create(member, other.swarm_id, 0, 0, b"\x01", ticket))
+    # refusals are clear errors
+    with pytest.raises(SystemExit):
+        main(["members", "authority", "--out", str(tmp_path / "authority.key")])  # never overwritten
+    assert "never overwritten" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["members", "ticket", "--authority", str(tmp_path / "member.key"), "--swarm-spec",
+              str(tmp_path / "spec.json"), "--peer-id", peer_id])
+    assert "not this swarm's authority" in capsys.readouterr().err

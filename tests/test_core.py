@@ -301,3 +301,21 @@ def test_a_range_reply_with_bad_records_is_not_believed(bad):
     d.feed(Received(PEERS[0].machine, RangeReply(0, 3, False, records)), 0.1)
     sealed = {r.rid for s in d.of(Seal) for r in s.records}
     assert not sealed & {r.rid for r in records}
+
+
+def test_a_replica_whose_history_needs_repair_never_starts_alone():
+    from seedswarm.peer.core.events import Fail
+
+    d = Driver(core(needs_peers="ledger.ssl damaged at offset 1234"))
+    d.feed(PeersFound(()))
+    d.feed(Tick(), 5)
+    assert d.core.phase == "start" and not d.of(Compute)  # it does not think it is the first peer
+    d.feed(Tick(), 10)
+    fail = d.of(Fail)
+    assert fail and "offset 1234" in fail[0].reason and not d.of(Compute)
+    # with a neighbour that answers, it catches up from it instead
+    d = Driver(core(needs_peers="damaged", join_by="replay"))
+    d.feed(PeersFound((PEERS[0].machine,)))
+    d.link(PEERS[0], 30)
+    d.feed(Tick(), 3)
+    assert not d.of(Fail) and any(isinstance(a.message, RangeRequest) for a in d.of(Send))

@@ -62,3 +62,26 @@ def test_churn_with_joiners_by_checkpoint_and_by_replay_converges():
 def test_a_third_of_hostile_peers_cannot_fork_or_take_over(behaviour):
     _, m = run_scenario(Scenario(peers=9, steps=30, seed=7, hostile=[behaviour] * 3))
     assert converged(m) and m["honest_finished"] == 6, m
+
+
+@pytest.mark.parametrize("admission", ["members", "pow"])
+def test_peers_without_a_valid_ticket_cannot_take_part(admission):
+    import dataclasses
+
+    from seedswarm.peer.sim import Simulation, default_spec
+    from seedswarm.protocol import Admission, Signer
+
+    authority = Signer(bytes([7]) * 32)
+    spec = default_spec(admission=Admission("members", authority=authority.public_key.hex()) if admission == "members"
+                        else Admission("open", pow_bits=6))
+    sim = Simulation(spec, seed=9, authority=authority)
+    peers = [sim.add_peer(f"m{i}", target=12, min_peers=4) for i in range(4)]
+    outsider = sim.add_peer("x", Behaviour(outsider=True), target=12, min_peers=4)
+    sim.run(600, stop=lambda: all(p.finished for p in peers))
+    assert all(p.finished for p in peers)
+    assert len({p.replica.state(12) for p in peers}) == 1
+    for p in peers:
+        assert not any(r.machine == outsider.signer.machine for r in p.replica.ledger)
+        assert p.core.rejects_from[outsider.signer.machine] > 0 or p.core.reasons["inadmissible record"] > 0 \
+            or outsider.signer.machine not in p.core.gossip.links
+    assert dataclasses.asdict(spec.admission)["mode"] in ("members", "open")

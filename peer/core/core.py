@@ -53,7 +53,7 @@ from ...protocol.messages import (MAX_BATCH, MAX_RANGE, Bye, Gossip as GossipFra
                                   Status, Vote, Votes)
 from ...protocol.records import Record
 from ...protocol.spec import SwarmSpec
-from .events import (Action, CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, FetchCheckpoint, Finished,
+from .events import (Action, CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, Fail, FetchCheckpoint, Finished,
                      LinkDown, LinkUp, Log, Malformed, PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send,
                      ServeRange, StepSealed, Stop, Tick)
 from .gossip import Gossip
@@ -94,6 +94,8 @@ class CoreConfig:
     max_rejects: int = 32          # refused inputs a neighbour could have checked, before it is dropped
     ban_seconds: float = 600.0
     max_known: int = 1024          # members remembered for dialing
+    needs_peers: str = ""          # why this replica may not start alone (its history must be repaired
+                                   # from peers); empty: it may be the first peer of a swarm
 
 
 @dataclass
@@ -628,7 +630,7 @@ class SwarmCore:
         out.append(Log("step", {"step": step, "records": len(applied), "peers": len(self.gossip.links) + 1,
                                 "digest": digest.hex() if digest else None}))
         settled = self.sealed - self.spec.late_window - 1
-        if settled > 0 and settled % self.spec.digest_every == 0 and settled not in self._voted:
+        if settled > self.floor and settled % self.spec.digest_every == 0 and settled not in self._voted:
             self._to_cast.add(settled)
 
     def _forget(self) -> None:
@@ -660,6 +662,8 @@ class SwarmCore:
     def _rebuilt(self, event: Rebuilt, out: list) -> None:
         self._busy = max(0, self._busy - 1)
         self.digests.update(event.digests)
+        if not event.ok:
+            out.append(Log("rebuild_failed", {"sealed": event.sealed}))
         if self._heal is not None and self._heal.stage == "rebuild":
             self._heal_rebuilt(out)
 
@@ -673,8 +677,9 @@ class SwarmCore:
             if self._busy:
                 return
             self._to_cast.discard(step)
-            self._cast(step, out)
-            self._tallies[step] = self.now + self.cfg.vote_grace + self._round_wait()
+            if step in self.digests:  # (none for a step we did not replay, e.g. before a checkpoint we joined from)
+                self._cast(step, out)
+                self._tallies[step] = self.now + self.cfg.vote_grace + self._round_wait()
 
     def _tally_due(self, out: list) -> None:
         for step, when in sorted(self._tallies.items()):
@@ -685,6 +690,8 @@ class SwarmCore:
 
     def _act_on(self, tally: Tally, out: list) -> None:
         mine = self.digests.get(tally.step)
+        if mine is None:
+            return  # nothing of ours to compare
         if tally.split:
             out.append(Log("split", {"step": tally.step, "leading_weight": tally.weight, "total": tally.total}))
             return
@@ -794,6 +801,11 @@ class SwarmCore:
         heard = sum(1 for link in self.gossip.links.values() if link.status is not None)
         waited = self.now - self.started
         if not self._discovered and waited < self.cfg.start_timeout:
+            return
+        if self.cfg.needs_peers and heard == 0:
+            if waited >= self.cfg.start_timeout:
+                self.phase = "done"
+                out.append(Fail(f"{self.cfg.needs_peers}; no peer answered within {self.cfg.start_timeout:.0f} s"))
             return
         if not self.known and not self.gossip.links:
             self.phase = "barrier"  # the first peer of a swarm

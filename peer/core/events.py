@@ -82,6 +82,7 @@ class Rebuilt:
 
     sealed: int
     digests: dict[int, bytes] = field(default_factory=dict)
+    ok: bool = True  # False: no checkpoint old enough was left to rebuild from (the weights are as they were)
 
 
 @dataclass(frozen=True)
@@ -176,10 +177,18 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Fail:
+    """The core cannot go on (e.g. its history must be repaired from peers and none answers)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Finished:
     """The swarm reached the target and the final digests are settled: the driver may stop."""
 
     summary: dict
 
 
-Action = (Send | Connect | Disconnect | Compute | Seal | Rebuild | FetchCheckpoint | ServeRange | Log | Finished)
+Action = (Send | Connect | Disconnect | Compute | Seal | Rebuild | FetchCheckpoint | ServeRange | Log | Fail
+          | Finished)
