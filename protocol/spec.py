@@ -86,8 +86,8 @@ class Aggregation:
     the largest byte a hostile peer can send counts almost nothing, and no gradient counts more
     than b); ``"none"`` applies gradients as decoded."""
 
-    clip: str = "median"
-    clip_factor: float = 1.0
+    clip: str = "redescend"
+    clip_factor: float = 2.0
 
 
 @dataclass(frozen=True)

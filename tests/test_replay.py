@@ -85,15 +85,21 @@ def test_an_exact_duplicate_is_applied_once_and_an_equivocation_voids_that_step(
     assert Ledger(records + [forged]).equivocators() == {SIGNERS[0].machine: 3}
 
 
-def test_the_step_rule_bounds_a_maximal_record(tokenizer):
-    """A record of maximal bytes moves the weights no further than the step's median gradient."""
-    spec = make_spec(lr=LRSchedule(base=1e-2))
+@pytest.mark.parametrize("rule", ["median", "redescend"])
+def test_the_step_rule_bounds_a_maximal_record(tokenizer, rule):
+    """A record of maximal bytes moves the weights no further than the step's median gradient
+    times the factor (clipped to it, or with redescend almost not at all)."""
+    spec = make_spec(lr=LRSchedule(base=1e-2), aggregation=Aggregation(clip=rule, clip_factor=2.0))
     _, records = train_swarm_in_process(spec, tokenizer, steps=1)
     hostile = Signer(bytes([9]) * 32)
     loud = Record.create(hostile, spec.swarm_id, 0, 0, b"\x7f")  # +clip, the largest value a byte says
     honest = [abs(g) for r in records for g in r.values(spec.codec.clip)]
-    effective = step_gradients(spec, sorted(records + [loud], key=lambda r: r.order_key))
-    assert max(abs(g) for gs in effective for g in gs) <= sorted(honest + [64.0])[(len(honest)) // 2]
+    ordered = sorted(records + [loud], key=lambda r: r.order_key)
+    effective = step_gradients(spec, ordered)
+    bound = 2.0 * sorted(honest + [64.0])[len(honest) // 2]
+    assert max(abs(g) for gs in effective for g in gs) <= bound
+    loud_effect = abs(effective[ordered.index(loud)][0])
+    assert loud_effect == (bound if rule == "median" else bound * bound / 64.0) < 64.0
 
 
 def test_replica_losses_go_down(tokenizer):

@@ -11,10 +11,11 @@ lr 1e-4, eps 1e-3, same data and seeds), one in-process replica through the real
 on the full held-out set. Swarms compared:
 
 - 2 honest peers (the baseline), and 2 honest + 1 hostile with the default step rule
-  (median clip) and with no clipping (the behaviour before protocol v2);
+  (redescend, factor 2), with plain median clipping, and with no rule (before protocol v2);
 - 4 peers with 0, 1 and 2 of them hostile (default step rule).
 
-Prints one JSON object and writes it to --out.
+Each configuration runs with --seeds data orders (and identities); the table reports the mean
+accuracy and the range. Prints one JSON object and writes it to --out.
 """
 
 from __future__ import annotations
@@ -22,24 +23,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runs import Setting  # noqa: E402
+from runs import BATCH_SIZE, Setting  # noqa: E402
 
-from seedswarm.model import Replica  # noqa: E402
+from seedswarm.model import BatchStream, Replica, shard  # noqa: E402
 from seedswarm.protocol import Aggregation, Record, Signer  # noqa: E402
 
 
-def run(setting: Setting, peers: int, hostile: int, steps: int, clip: str, factor: float = 1.0) -> dict:
+def run(setting: Setting, peers: int, hostile: int, steps: int, clip: str, factor: float = 1.0, seed: int = 0) -> dict:
     spec = dataclasses.replace(setting.spec(), aggregation=Aggregation(clip=clip, clip_factor=factor))
     model = setting.fresh_model()
     replica = Replica.for_task(model, spec, setting.task)
-    signers = [Signer(bytes([i + 1]) * 32) for i in range(peers)]
-    streams = [setting.stream(i, peers) for i in range(peers)]
+    signers = [Signer(bytes([i + 1, seed]) * 16) for i in range(peers)]
+    streams = [BatchStream(shard(setting.train, i, peers), BATCH_SIZE, seed=1000 * seed + i) for i in range(peers)]
     started = time.perf_counter()
     for t in range(steps):
         records = []
@@ -52,7 +54,7 @@ def run(setting: Setting, peers: int, hostile: int, steps: int, clip: str, facto
         replica.apply_step(records)
     replica.flush()
     accuracy = setting.accuracy(model, full=True)
-    return {"peers": peers, "hostile": hostile, "clip": clip, "clip_factor": factor, "steps": steps,
+    return {"peers": peers, "hostile": hostile, "clip": clip, "clip_factor": factor, "steps": steps, "seed": seed,
             "accuracy": round(accuracy, 2),
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/robustness.json")
     parser.add_argument("--rules", nargs="*", default=None, metavar="RULE:FACTOR",
                         help="compare step rules on 2 honest vs 2 honest + 1 hostile (e.g. median:1 redescend:2)")
+    parser.add_argument("--seeds", type=int, default=3, help="data orders and identities per configuration (mean reported)")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be at least 1")
@@ -75,13 +78,22 @@ def main() -> None:
         plan = [(p, h, rule.split(":")[0], float(rule.split(":")[1])) for rule in args.rules for p, h in ((2, 0), (3, 1))]
     else:
         default = Aggregation()
-        plan = [(2, 0, default.clip, default.clip_factor), (3, 1, default.clip, default.clip_factor), (3, 1, "none", 1.0),
+        plan = [(2, 0, default.clip, default.clip_factor), (3, 1, default.clip, default.clip_factor),
+                (3, 1, "median", 1.0), (3, 1, "none", 1.0),
                 (4, 0, default.clip, default.clip_factor), (4, 1, default.clip, default.clip_factor),
                 (4, 2, default.clip, default.clip_factor)]
+    table = []
     for peers, hostile, clip, factor in plan:
-        runs.append(run(setting, peers, hostile, args.steps, clip, factor))
-        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    result = {"zero_shot": round(zero_shot, 2), "held_out_examples": len(setting.test), "runs": runs}
+        seeded = []
+        for seed in range(args.seeds):
+            seeded.append(run(setting, peers, hostile, args.steps, clip, factor, seed))
+            print(json.dumps(seeded[-1]), file=sys.stderr, flush=True)
+        runs += seeded
+        accs = [r["accuracy"] for r in seeded]
+        table.append({"peers": peers, "hostile": hostile, "clip": clip, "clip_factor": factor,
+                      "accuracy_mean": round(statistics.fmean(accs), 2), "accuracy_min": min(accs), "accuracy_max": max(accs)})
+    result = {"zero_shot": round(zero_shot, 2), "held_out_examples": len(setting.test), "steps": args.steps,
+              "seeds": args.seeds, "table": table, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
