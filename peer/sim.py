@@ -215,13 +215,18 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._queue, (when, self._seq, fn, args))
 
-    def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
+    def run(self, until: float, stop: Callable[[], bool] | None = None, check_every: float = 0.5) -> None:
+        """Advance the world to ``until`` (simulated seconds), or until ``stop()`` holds (asked
+        every ``check_every`` simulated seconds)."""
+        next_check = self.now + check_every
         while self._queue and self._queue[0][0] <= until:
             when, _, fn, args = heapq.heappop(self._queue)
             self.now = when
             fn(*args)
-            if stop is not None and stop():
-                return
+            if stop is not None and when >= next_check:
+                if stop():
+                    return
+                next_check = when + check_every
         self.now = max(self.now, until)
 
     # --- peers -----------------------------------------------------------------------------------

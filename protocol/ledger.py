@@ -50,7 +50,7 @@ class Ledger:
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
         self._slots: dict[tuple[int, bytes], list[Record]] = {}  # (step, machine) -> 1 record, or 2 (evidence)
-        self._rids: set[bytes] = set()
+        self._rids: dict[bytes, Record] = {}  # rid -> record
         self._steps: dict[int, set[bytes]] = {}
         self._applicable: dict[int, list[Record]] = {}  # cache, dropped when a step changes
         for record in records:
@@ -64,6 +64,9 @@ class Ledger:
 
     def has(self, rid: bytes) -> bool:
         return rid in self._rids
+
+    def get(self, rid: bytes) -> Record | None:
+        return self._rids.get(rid)
 
     def add(self, record: Record) -> str:
         """Insert a record. Returns NEW, DUPLICATE (same body held), EQUIVOCATION (a second body
@@ -81,7 +84,7 @@ class Ledger:
             outcome = EQUIVOCATION
         else:
             return REDUNDANT
-        self._rids.add(rid)
+        self._rids[rid] = record
         self._steps.setdefault(record.step, set()).add(record.machine)
         self._applicable.pop(record.step, None)
         return outcome

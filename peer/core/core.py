@@ -107,6 +107,7 @@ class _Round:
     expected: set[bytes]           # authors we wait for
     missing: set[bytes]            # ... of whom no record of this step is here yet
     ahead: set[bytes]              # ... who published for a step that shows they sealed this one
+    fresh: bool = False            # no history to say who trains (a new swarm): wait the full deadline
     first_seen: float | None = None
 
 
@@ -364,22 +365,15 @@ class SwarmCore:
         return self.gossip.step_of(rid) is not None
 
     def _by_rid(self, rid: bytes) -> Record | None:
-        step = self.gossip.step_of(rid)
-        if step is None:
-            return None
-        for r in self.ledger.at(step):
-            if r.rid == rid:
-                return r
-        return None
+        return self.ledger.get(rid)
 
     def _blame(self, peer: bytes, reason: str, out: list) -> None:
         """Input a neighbour could have checked itself was bad: count it; past max_rejects the
         neighbour is dropped and banned for ban_seconds."""
         self.reasons[reason.split(" (")[0]] += 1
-        self.rejects_from[peer] += 1
-        if self.rejects_from[peer] >= self.cfg.max_rejects and peer in self.gossip.links:
+        self.rejects_from[peer] += 1  # (cumulative: every max_rejects more get it banned again)
+        if self.rejects_from[peer] % self.cfg.max_rejects == 0 and peer in self.gossip.links:
             self.banned[peer] = self.now + self.cfg.ban_seconds
-            self.rejects_from[peer] = 0
             self.gossip.drop_link(peer)
             out.append(Disconnect(peer))
             out.append(Log("banned", {"peer": peer.hex(), "last_reason": reason}))
@@ -535,7 +529,7 @@ class SwarmCore:
         ahead: set[bytes] = set()
         for s in range(step + 1 + self.spec.delay, self.horizon + self.spec.future_window + 1):
             ahead |= {r.machine for r in self.ledger.applicable(s)}
-        self.round = _Round(step, self.now, expected, expected - present, ahead & expected)
+        self.round = _Round(step, self.now, expected, expected - present, ahead & expected, fresh)
         self._round_starts[step] = self.now
         for old in [s for s in self._round_starts if s < step - self.spec.late_window]:
             del self._round_starts[old]
@@ -594,10 +588,11 @@ class SwarmCore:
                 if self.cfg.training and rnd.step not in self.own:
                     return
                 start = rnd.first_seen if rnd.first_seen is not None else rnd.started
-                if rnd.missing and self.now < start + self._round_wait():
+                if (rnd.missing or rnd.fresh) and self.now < start + self._round_wait():
                     return
-            if rnd.missing and not moved_on:
-                out.append(Log("round_deadline", {"step": rnd.step, "missing": len(rnd.missing)}))
+            if rnd.missing:
+                out.append(Log("round_deadline" if not moved_on else "moved_on",
+                               {"step": rnd.step, "missing": len(rnd.missing)}))
             self._issue_seal(rnd.step, out)
 
     def _issue_seal(self, step: int, out: list) -> None:
