@@ -61,7 +61,7 @@ def add_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--ticket", default=None, metavar="HEX",
                    help="members-only swarms: the ticket the swarm's authority issued for this peer id")
-    p.add_argument("--max-links", type=int, default=8, help="neighbours to keep links with (default 8)")
+    p.add_argument("--max-links", type=int, default=6, help="neighbours to keep links with (default 6)")
     p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing
     p.set_defaults(func=cmd_peer)
 

@@ -37,7 +37,7 @@ class PeerConfig:
     json_log: str | None = None
     name: str = ""
     # overlay and liveness
-    max_links: int = 8                 # neighbours to keep links with
+    max_links: int = 6                 # neighbours to keep links with
     finish_timeout: float = 60.0       # how long a finished peer waits for its neighbours' final votes
     linger: float = 30.0               # how long a finished peer keeps serving neighbours still catching up
     dht_refresh: float = 10.0          # seconds between member-entry refreshes and discovery rounds

@@ -33,7 +33,7 @@ from ..protocol.admission import check_record, check_vote
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import Signer, issue_member_ticket, solve_pow
 from ..protocol.ledger import Ledger
-from ..protocol.messages import Gossip, Message, RangeReply, Status, Vote, Votes, encode_message
+from ..protocol.messages import Gossip, Message, RangeReply, Status, Vote, Votes, encoded_size
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
 from .core import CoreConfig, SwarmCore
@@ -149,7 +149,7 @@ class SimPeer:
     summary: dict | None = None
     busy_until: float = 0.0           # the stand-in tensor worker: one job at a time
     record_ready_at: dict[int, float] = field(default_factory=dict)
-    seal_latency: list[float] = field(default_factory=list)
+    seal_latency: list[tuple[int, float]] = field(default_factory=list)  # (step, seconds from our record to the seal)
     sent_msgs: int = 0
     sent_bytes: int = 0
     logs: list[tuple[float, str, dict]] = field(default_factory=list)
@@ -362,7 +362,7 @@ class Simulation:
     def _size(self, message) -> int:
         if isinstance(message, bytes):
             return len(message) + 8
-        return len(encode_message(message)) + 8  # + the 8-byte frame length
+        return encoded_size(message) + 8  # + the 8-byte frame length
 
     def _computed(self, machine: bytes, step: int, took: float) -> None:
         peer = self.peers[machine]
@@ -384,7 +384,7 @@ class Simulation:
             return
         state = peer.replica.seal(step, records)
         if step in peer.record_ready_at:
-            peer.seal_latency.append(self.now - peer.record_ready_at.pop(step))
+            peer.seal_latency.append((step, self.now - peer.record_ready_at.pop(step)))
         digest = state if (step + 1) % self.spec.digest_every == 0 or step + 1 == peer.core.cfg.target else None
         self._feed(machine, StepSealed(step, digest))
 
@@ -573,7 +573,8 @@ def measure(sim: Simulation, sc: Scenario) -> dict:
     record_bytes = statistics.fmean(
         sum(len(r.encode()) for r in p.replica.ledger.applicable(s)) for p in honest[:1] for s in range(sc.steps)
     ) if honest else 0.0
-    seal = [x for p in everyone for x in p.seal_latency]
+    # steady state: a new swarm's first steps wait on purpose for everyone's first records
+    seal = [x for p in everyone for step, x in p.seal_latency if step >= 2]
     step_times = [p.compute_time for p in everyone]
     return {
         "peers": sc.peers,

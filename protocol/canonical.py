@@ -20,6 +20,9 @@ from .errors import ProtocolError
 MAX_DEPTH = 16
 
 
+_FLAT = (bytes, str, int, float, bool, type(None))
+
+
 def _sorted(obj: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
@@ -28,6 +31,8 @@ def _sorted(obj: Any, depth: int = 0) -> Any:
             raise ProtocolError("map keys must be strings")
         return {k: _sorted(obj[k], depth + 1) for k in sorted(obj, key=lambda k: k.encode("utf-8"))}
     if isinstance(obj, (list, tuple)):
+        if all(type(v) in _FLAT for v in obj):
+            return obj  # nothing inside to sort (lists of records, ids: the common case)
         return [_sorted(v, depth + 1) for v in obj]
     return obj
 

@@ -169,6 +169,24 @@ def encode_message(msg: Message) -> bytes:
     return pack(obj)
 
 
+def _bin_size(n: int) -> int:
+    return n + (2 if n < 256 else 3 if n < 65536 else 5)
+
+
+def _array_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 65536 else 5
+
+
+def encoded_size(msg: Message) -> int:
+    """len(encode_message(msg)), computed without encoding for gossip frames (the bulk of
+    traffic; used to count bytes at scale)."""
+    if isinstance(msg, Gossip):
+        return (1 + 7 + _array_size(len(msg.records)) + sum(_bin_size(len(r.encoded)) for r in msg.records)
+                + _array_size(len(msg.have)) + len(msg.have) * _bin_size(16)
+                + _array_size(len(msg.want)) + len(msg.want) * _bin_size(16))
+    return len(encode_message(msg))
+
+
 def _uint(value: object, what: str) -> int:
     if type(value) is not int or not 0 <= value <= _U64:
         raise ProtocolError(f"{what} must be an unsigned 64-bit integer")

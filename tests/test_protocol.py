@@ -271,7 +271,7 @@ def test_swarm_id_is_content_addressed():
                 make_spec(weight_decay=0.1), make_spec(no_decay=()), make_spec(samples_per_step=3),
                 make_spec(batch_size=4), make_spec(digest_every=3), make_spec(delay=2), make_spec(late_window=2),
                 make_spec(future_window=9), make_spec(aggregation=Aggregation("none")),
-                make_spec(aggregation=Aggregation(clip_factor=2.0)), POW, MEMBERS]
+                make_spec(aggregation=Aggregation(clip_factor=3.0)), POW, MEMBERS]
     assert len({v.swarm_id for v in variants} | {a.swarm_id}) == len(variants) + 1
     with pytest.raises(ProtocolError, match="does not hash"):
         SwarmSpec.from_canonical(a.canonical_bytes(), POW.swarm_id)
@@ -409,10 +409,11 @@ def test_lr_schedules():
 
 # --- the step rule -------------------------------------------------------------------------------------
 def test_median_clip_bound():
-    median = make_spec()
+    median = make_spec(aggregation=Aggregation("median", 1.0))
     assert clip_bound(median, [1.0, -2.0, 3.0, -4.0]) == 2.0                    # the lower median
     assert clip_bound(median, [5.0, -1.0, 3.0]) == 3.0
-    assert clip_bound(make_spec(aggregation=Aggregation(clip_factor=1.5)), [1.0, -2.0, 3.0, -4.0]) == 3.0
+    assert clip_bound(make_spec(aggregation=Aggregation("median", clip_factor=1.5)), [1.0, -2.0, 3.0, -4.0]) == 3.0
+    assert clip_bound(make_spec(), [1.0, -2.0, 3.0, -4.0]) == 4.0  # the default: redescend, factor 2
     assert clip_bound(median, []) is None
     assert clip_bound(make_spec(aggregation=Aggregation("none")), [1.0, 2.0]) is None
 
@@ -422,7 +423,7 @@ def _spec_terms(**kw):
 
 
 def test_one_hostile_record_moves_the_weights_no_more_than_the_median_honest_gradient():
-    spec = _spec_terms()
+    spec = _spec_terms(aggregation=Aggregation("median", 1.0))
     honest = [record(A, 4, bytes([10, 246]), exp=2, spec=spec), record(B, 4, bytes([20, 5]), exp=2, spec=spec)]
     hostile = record(C, 4, bytes([0x81, 0x81]), exp=0, spec=spec)  # -127 at the largest scale: -64.0 each
     assert hostile.values(64.0) == [-64.0, -64.0]
@@ -807,3 +808,27 @@ def test_typical_parameter_patterns():
     assert not globs.match("encoder.layer.0.attention.self.query.weight", "*bias")
     assert globs.match("layer.7.x", "layer.[0-9].*") and globs.match("layer.7.x", "layer.[!a-z].*")
     assert not globs.match("layer.a.x", "layer.[!a-z].*")
+
+
+def test_encoded_size_of_gossip_frames_is_exact():
+    from seedswarm.protocol.messages import Gossip, encode_message, encoded_size
+
+    for n, h, w in [(0, 0, 0), (1, 2, 3), (20, 0, 1), (300, 300, 0)]:
+        frame = Gossip(tuple(record(A, s) for s in range(n)), tuple(bytes([i % 256]) * 16 for i in range(h)),
+                       tuple(bytes([i % 256]) * 16 for i in range(w)))
+        assert encoded_size(frame) == len(encode_message(frame))
+
+
+def test_redescend_counts_a_gradient_beyond_the_bound_less_the_further_out_it_is():
+    spec = _spec_terms(aggregation=Aggregation("redescend", 2.0))
+    honest = [record(A, 4, bytes([10, 246]), exp=2, spec=spec), record(B, 4, bytes([20, 5]), exp=2, spec=spec)]
+    hostile = record(C, 4, bytes([0x81, 0x81]), exp=0, spec=spec)  # -64.0 each
+    records = honest + [hostile]
+    decoded = [v for r in records for v in r.values(64.0)]
+    bound = 2.0 * sorted(abs(v) for v in decoded)[(len(decoded) - 1) // 2]
+    out = dict(zip((r.machine for r in records), step_gradients(spec, records)))
+    assert out[C.machine] == [-((bound * bound) / 64.0)] * 2  # almost nothing: bound^2 / |g|
+    for r in honest:
+        assert out[r.machine] == [v if abs(v) <= bound else math.copysign(bound * bound / abs(v), v)
+                                  for v in r.values(64.0)]
+    assert all(abs(g) <= bound for gs in out.values() for g in gs)

@@ -71,9 +71,9 @@ class CoreConfig:
     min_peers: int = 1             # a fresh swarm starts when this many peers (us included) are linked
     join_by: str = "checkpoint"    # how a peer behind the swarm catches up: "checkpoint" or "replay"
     checkpoint_every: int = 20     # the replica keeps a checkpoint every this many steps
-    max_links: int = 8             # overlay degree we dial up to (we accept up to 4 more)
-    eager: int = 0                 # neighbours a forwarded record is pushed to whole (0: ids only)
-    frame_interval: float = 0.1    # at most one gossip frame per link this often
+    max_links: int = 6             # overlay degree we dial up to (we accept up to 4 more)
+    eager: int = 2                 # neighbours a forwarded record is pushed to whole (the others get its id)
+    frame_interval: float = 0.2    # at most one gossip frame per link this often
     want_timeout: float = 1.0
     status_interval: float = 5.0
     peers_interval: float = 30.0
@@ -87,6 +87,7 @@ class CoreConfig:
                                    # this long while fewer than 16 arrivals are measured
     range_timeout: float = 15.0
     standing_window: int = 64
+    standing_cap: int = 16         # a vote weighs min(standing, cap): members count alike, newcomers ramp up
     rebuild_every: int = 4         # late records are applied by at most one rebuild per this many steps
     vote_grace: float = 2.0        # seconds to wait for neighbours' votes before a tally
     finish_timeout: float = 60.0   # how long a finished peer waits for its neighbours' final votes
@@ -716,6 +717,16 @@ class SwarmCore:
         heal.records = []
         self._range = self._ask_range(peers[0], heal.first, heal.step, "heal", out)
 
+    def _heal_next_supporter(self, failed: bytes, out: list) -> None:
+        """A supporter did not serve the disputed steps: ask the next one (or give up)."""
+        heal = self._heal
+        heal.supporters = tuple(p for p in heal.supporters if p != failed)
+        if not heal.supporters:
+            out.append(Log("healed", {"step": heal.step, "how": "no supporter answered", "ok": False}))
+            self._heal = None
+            return
+        self._heal_fetch(out)
+
     def _heal_fetched(self, req: _Range, out: list) -> None:
         heal = self._heal
         if heal is None:
@@ -724,9 +735,8 @@ class SwarmCore:
         if req.first < req.last < heal.step:
             self._range = self._ask_range(req.peer, req.last, heal.step, "heal", out)
             return
-        if req.last < heal.step:  # the supporter cannot serve the disputed steps
-            out.append(Log("healed", {"step": heal.step, "how": "failed", "ok": False}))
-            self._heal = None
+        if req.last < heal.step:  # this supporter cannot serve the disputed steps
+            self._heal_next_supporter(req.peer, out)
             return
         heal.stage = "rebuild"
         self._busy += 1
@@ -779,9 +789,13 @@ class SwarmCore:
 
     # ===================================================================================== join
     def weight(self, machine: bytes) -> int:
-        """What a machine's word (votes, status) weighs here: its standing, or nothing for a
-        machine caught equivocating (local policy: its records of other steps still count)."""
-        return 0 if machine in self.equivocators else self.standing(machine)
+        """What a machine's word (votes, status) weighs here: its standing, capped so that every
+        established member counts alike (after a partition, each side has applied only its own
+        side's records: uncapped, each side would trust itself), and nothing for a machine
+        caught equivocating (local policy: its records of other steps still count)."""
+        if machine in self.equivocators:
+            return 0
+        return min(self.standing(machine), self.cfg.standing_cap)
 
     def _frontier(self) -> int:
         """Where the swarm is: the lower median of our neighbours' sealed steps (only those
@@ -939,8 +953,8 @@ class SwarmCore:
         if self._range is not None and now > self._range.deadline:
             stale, self._range = self._range, None
             out.append(Log("range_timeout", {"peer": stale.peer.hex(), "first": stale.first, "last": stale.last}))
-            if stale.purpose == "heal":
-                self._heal = None
+            if stale.purpose == "heal" and self._heal is not None:
+                self._heal_next_supporter(stale.peer, out)
         self._standing_ranges = [r for r in self._standing_ranges if now <= r.deadline and r.peer in self.gossip.links]
         if self.phase == "join_standing":
             self._maybe_join_by_checkpoint(out)

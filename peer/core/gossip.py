@@ -63,6 +63,7 @@ class Gossip:
         self._wanted: dict[bytes, _Wanted] = {}
         self._rid_step: dict[bytes, int] = {}
         self._by_step: dict[int, list[bytes]] = {}
+        self._next_retry = float("inf")  # the earliest want deadline
 
     # --- links ------------------------------------------------------------------------------
     def add_link(self, peer: bytes, now: float) -> Link:
@@ -120,6 +121,7 @@ class Gossip:
             wanted = self._wanted.get(rid)
             if wanted is None:
                 self._wanted[rid] = _Wanted(peer, now + self.want_timeout, [])
+                self._next_retry = min(self._next_retry, now + self.want_timeout)
                 link.want[rid] = None
                 link.urgent = True
             elif peer != wanted.peer and peer not in wanted.holders:
@@ -137,6 +139,9 @@ class Gossip:
 
     def _retry(self, now: float) -> None:
         """Wants that timed out, re-addressed to another neighbour that announced the id."""
+        if now < self._next_retry:
+            return
+        self._next_retry = min((w.deadline for w in self._wanted.values() if w.deadline > now), default=float("inf"))
         for rid, wanted in list(self._wanted.items()):
             if now < wanted.deadline:
                 continue
@@ -146,6 +151,7 @@ class Gossip:
                 continue
             peer = holders.pop(0)
             self._wanted[rid] = _Wanted(peer, now + self.want_timeout, holders)
+            self._next_retry = min(self._next_retry, now + self.want_timeout)
             self.links[peer].want[rid] = None
             self.links[peer].urgent = True
 

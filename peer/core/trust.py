@@ -5,10 +5,12 @@ the number of the last ``window`` sealed steps in which that replica applied one
 records: what it has visibly contributed, as this replica itself judged it. A fresh
 identity has none, whatever it claims.
 
-Digest votes ("after step s my weights hash to d") are weighed by the voters' standing. A
-replica heals towards a digest only when voters holding more than half of the standing of
-everyone who voted for step s (itself included) agree on it and it is not its own; with no
-such majority it keeps its weights and reports the split.
+Digest votes ("after step s my weights hash to d") are weighed by the voters' standing,
+capped (``CoreConfig.standing_cap``): every established member weighs the same, a newcomer
+weighs what it has contributed so far. A replica heals towards a digest only when voters
+holding more than half of the weight of everyone who voted for step s (itself included)
+agree on it and it is not its own; with no such majority it keeps its weights and reports
+the split.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class Votes:
                 weights[vote.digest] += w
                 voters.setdefault(vote.digest, []).append((w, machine))
         if mine is not None and me is not None:
-            weights[mine] += max(standing(me), 1)
+            weights[mine] += max(standing(me), 1)  # (``standing`` is the caller's weighing, capped alike)
         total = sum(weights.values())
         if not total:
             return Tally(step, None, 0, 0, (), False)
