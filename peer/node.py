@@ -372,32 +372,42 @@ class Node:
 
     # =========================================================================== the DHT
     async def _dht_loop(self) -> None:
-        """Discovery and our member entry, every dht_refresh seconds."""
+        """Discovery and our member entry. The DHT is for finding each other, so once a peer
+        has its neighbours it asks ever more rarely (discovery backs off while it finds no one
+        new; the member entry is refreshed every dht_refresh seconds)."""
         swarm, cfg = self.swarm, self.config
         rng = random.Random(self.machine)
-        rounds = 0
+        loop = asyncio.get_running_loop()
+        seen: set[bytes] = set()
+        discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
         while True:
             try:
-                await self.dht.register(swarm, self._member_info(), ttl=6 * cfg.dht_refresh)
-                wanted = len(self.core.gossip.links) < cfg.max_links
-                if rounds == 0 or wanted:  # all buckets at first, then a few at random
-                    buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 8)
-                    members = await self.dht.members(swarm, buckets)
-                    self._post(PeersFound(tuple(m for m in members if m != self.machine)))
-                if rounds % 30 == 0:
+                now = loop.time()
+                if now >= next_register:
+                    await self.dht.register(swarm, self._member_info(), ttl=3 * cfg.dht_refresh)
+                    next_register = now + cfg.dht_refresh
+                starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
+                if now >= next_discovery or starting:
+                    buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 8)  # all at first
+                    found = set(await self.dht.members(swarm, buckets)) - {self.machine}
+                    self._post(PeersFound(tuple(sorted(found))))
+                    new, seen = found - seen, seen | found
+                    lacking = len(self.core.gossip.links) < cfg.max_links
+                    discover_every = 1.0 if new and lacking else min(2 * discover_every, 60.0)
+                    next_discovery = now + discover_every
+                if rounds % 100 == 0:
                     await self.dht.publish_spec(self.spec)
-                if cfg.announce and rounds % 3 == 0 and self._represents():
+                if cfg.announce and rounds % 30 == 0 and self._represents():
                     await self.dht.announce(swarm, Announcement(self.spec.name[:200], self.spec.model.id[:200],
                                                                 self.spec.task.kind[:200], self.core.sealed,
                                                                 1 + len(self.core.gossip.links)))
-                self.wire = await asyncio.get_running_loop().run_in_executor(None, self.meter.read)
+                self.wire = await loop.run_in_executor(None, self.meter.read)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("DHT refresh failed")
             rounds += 1
-            starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
-            await asyncio.sleep(1.0 if starting or rounds < 5 else cfg.dht_refresh)
+            await asyncio.sleep(1.0)
 
     def _represents(self) -> bool:
         """A few peers per swarm announce it: those whose id is among the 3 smallest they know."""

@@ -15,7 +15,10 @@ its kind. Every decoder here raises only ProtocolError and returns immutable val
                                      records of steps first..last-1 (last may be below what was
                                      asked: the sender has sealed no further)
     ["votes",  [vote, ...]]          digest votes
-    ["peers",  [machine, ...]]       peer exchange: other members the sender knows
+    ["peers",  [machine, ...], [machine, ...]]
+                                     peer exchange: the sender's current neighbours, then other
+                                     members it knows (so a peer knows who its neighbours are
+                                     linked to, and pushes a record only where it is missing)
     ["bye"]                          the sender leaves the swarm
 
 A vote says "after ``step`` sealed steps my weights hash to ``digest``", signed::
@@ -138,7 +141,12 @@ class Votes:
 
 @dataclass(frozen=True)
 class Peers:
-    machines: tuple[bytes, ...]
+    neighbours: tuple[bytes, ...]          # the sender's links, all of them (at most MAX_BATCH)
+    others: tuple[bytes, ...] = ()         # other members it knows
+
+    @property
+    def machines(self) -> tuple[bytes, ...]:
+        return self.neighbours + self.others
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,7 @@ def encode_message(msg: Message) -> bytes:
     elif isinstance(msg, Votes):
         obj = ["votes", [v.encode() for v in msg.votes]]
     elif isinstance(msg, Peers):
-        obj = ["peers", list(msg.machines)]
+        obj = ["peers", list(msg.neighbours), list(msg.others)]
     elif isinstance(msg, Bye):
         obj = ["bye"]
     else:
@@ -206,7 +214,7 @@ def _rids(value: object, what: str) -> tuple[bytes, ...]:
     return tuple(items)
 
 
-_ARITY = {"status": 5, "gossip": 4, "range": 3, "ranged": 5, "votes": 2, "peers": 2, "bye": 1}
+_ARITY = {"status": 5, "gossip": 4, "range": 3, "ranged": 5, "votes": 2, "peers": 3, "bye": 1}
 
 
 def decode_message(data: object) -> Message:
@@ -242,6 +250,6 @@ def decode_message(data: object) -> Message:
     if kind == "votes":
         return Votes(tuple(decode_vote(v) for v in _items(obj[1], "votes")))
     if kind == "peers":
-        machines = _items(obj[1], "peers")
-        return Peers(tuple(check_machine_id(m) for m in machines))
+        neighbours, others = _items(obj[1], "neighbours"), _items(obj[2], "peers")
+        return Peers(tuple(check_machine_id(m) for m in neighbours), tuple(check_machine_id(m) for m in others))
     return Bye()

@@ -724,7 +724,7 @@ def test_vote_roundtrip_and_signature():
 MESSAGES = [Status(3, 1, 2, 150), Status(2**64 - 1, 0, 0, 0), Gossip((record(A, 1), record(B, 2)), (bytes(16),), ()),
             Gossip(), RangeRequest(0, MAX_RANGE), RangeRequest(5, 6),
             RangeReply(3, 5, True, (record(A, 3), record(B, 4))),
-            RangeReply(7, 7, False, ()), Votes((vote(A), vote(B))), Peers((A.machine, B.machine)), Bye()]
+            RangeReply(7, 7, False, ()), Votes((vote(A), vote(B))), Peers((A.machine,), (B.machine,)), Bye()]
 
 
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
@@ -744,8 +744,8 @@ def test_message_limits_and_range_bounds():
         ["ranged", 0, 3, False, [r]], ["ranged", 4, 9, False, [r]], ["ranged", 0, 3, False, many],
         ["status", 0, 2, 0, 0], ["status", 0, 0, 0, -1], ["status", True, 0, 0, 0], ["status", 0, 0, 0],
         ["votes", [vote(A).encode()] * (MAX_BATCH + 1)], ["votes", [r]],
-        ["peers", [b"x"]], ["peers", [A.machine.hex()]],
-        ["peers", [A.machine] * (MAX_BATCH + 1)], ["bye", 0], ["hello"], [], [1], {"kind": "bye"}, "bye",
+        ["peers", [b"x"], []], ["peers", [A.machine.hex()], []], ["peers", [A.machine]],
+        ["peers", [A.machine] * (MAX_BATCH + 1), []], ["peers", [], [A.machine] * (MAX_BATCH + 1)], ["bye", 0], ["hello"], [], [1], {"kind": "bye"}, "bye",
     ]
     for obj in bad:
         rejects(decode_message, enc(obj))

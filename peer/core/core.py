@@ -194,6 +194,8 @@ class SwarmCore:
         self._final_healed = False
         self._next_status = 0.0
         self._next_peers = 0.0
+        self._peers_sent = -1e9
+        self._links_changed = False
         self._dialing: dict[bytes, float] = {}
         self._discovered = False                   # the first discovery round reported (even if empty)
         self._first_status: float | None = None
@@ -210,7 +212,7 @@ class SwarmCore:
 
     # ====================================================================================== feed
     def feed(self, event, now: float) -> list[Action]:
-        self.now = now
+        self.now = self.gossip.now = now
         out: list[Action] = []
         if self.started is None:
             self.started = now
@@ -270,9 +272,8 @@ class SwarmCore:
         self.known.setdefault(peer, self.now)
         self.departed.pop(peer, None)
         out.append(Send(peer, self._status()))
-        sample = self._sample_known(8, exclude=peer)
-        if sample:
-            out.append(Send(peer, Peers(tuple(sample))))
+        out.append(Send(peer, self._peers_message(peer)))
+        self._links_changed = True
         votes = [v for v in self.votes.recent(self.sealed - 8 * self.spec.digest_every) if v.machine == self.me]
         if votes:
             out.append(Send(peer, Votes(tuple(votes[-MAX_BATCH:]))))
@@ -281,8 +282,16 @@ class SwarmCore:
             self.gossip.answer(peer, pending)
 
     def _link_down(self, peer: bytes) -> None:
+        if peer in self.gossip.links:
+            self._links_changed = True
         self.gossip.drop_link(peer)
         self._dialing.pop(peer, None)
+
+    def _peers_message(self, to: bytes) -> Peers:
+        """Our neighbours (so ``to`` knows whom we get records from directly) and a sample of
+        other members we know (peer exchange)."""
+        neighbours = tuple(sorted(p for p in self.gossip.links if p != to))[:MAX_BATCH]
+        return Peers(neighbours, tuple(self._sample_known(8, exclude=to)))
 
     def _learn_peers(self, machines) -> None:
         for m in machines:
@@ -353,6 +362,7 @@ class SwarmCore:
         elif isinstance(msg, Votes):
             self._votes(peer, msg.votes, out)
         elif isinstance(msg, Peers):
+            link.neighbours = frozenset(msg.neighbours)
             self._learn_peers(msg.machines[:64])
         elif isinstance(msg, Bye):
             self.departed[peer] = self.now
@@ -988,9 +998,7 @@ class SwarmCore:
             self._next_status = now + self.cfg.status_interval
             status = self._status()
             out.extend(Send(p, status) for p in self.gossip.links)
-        if now >= self._next_peers and self.gossip.links:
+        if self.gossip.links and (now >= self._next_peers or (self._links_changed and now >= self._peers_sent + 2.0)):
             self._next_peers = now + self.cfg.peers_interval
-            for p in self.gossip.links:
-                sample = self._sample_known(8, exclude=p)
-                if sample:
-                    out.append(Send(p, Peers(tuple(sample))))
+            self._peers_sent, self._links_changed = now, False
+            out.extend(Send(p, self._peers_message(p)) for p in self.gossip.links)

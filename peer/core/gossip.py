@@ -4,10 +4,14 @@ A record reaches every replica by flooding over *links* (long-lived streams to a
 number of neighbours), with the per-peer work per step independent of the swarm's size:
 
 - **eager push**: a peer's own record goes whole to every neighbour at once; a record it
-  learns from others goes whole to ``eager`` random neighbours that are not known to hold it;
+  learns from others goes whole to ``eager`` random neighbours that are not known to hold it
+  and are not linked to its author (peer exchange tells each peer its neighbours'
+  neighbours: those got the record from its author already);
 - **lazy push**: every other neighbour that is not known to hold the record gets its 16-byte
-  id in the ``have`` list of the next frame; a neighbour that lacks it puts the id in the
-  ``want`` list of its next frame, answered with the record; a want that is not answered in
+  id in the ``have`` list of a frame: at once where it is the record's only way in, and as a
+  *backup* (riding on the next frame that goes anyway, or after ``backup_delay``) where the
+  neighbour is linked to the author; a neighbour that lacks it puts the id in the ``want`` list
+  of its next frame, answered with the record; a want that is not answered in
   ``want_timeout`` goes to another neighbour that announced the same id;
 - **batching**: everything for one neighbour (records, haves, wants) travels in one
   ``gossip`` frame, at most one frame per ``frame_interval`` per link (own records and
@@ -38,6 +42,8 @@ class Link:
     known: set[bytes] = field(default_factory=set)                 # rids the neighbour holds
     records: dict[bytes, Record] = field(default_factory=dict)     # to push (ordered)
     have: dict[bytes, None] = field(default_factory=dict)          # to announce
+    backup: dict[bytes, float] = field(default_factory=dict)       # to announce when a frame goes anyway
+    neighbours: frozenset = frozenset()                            # its own links, as it last told us
     want: dict[bytes, None] = field(default_factory=dict)          # to ask for
     urgent: bool = False                                           # send as soon as the throttle allows
     last_frame: float = -1e9
@@ -54,16 +60,19 @@ class _Wanted:
 
 
 class Gossip:
-    def __init__(self, rng: random.Random, eager: int, frame_interval: float, want_timeout: float) -> None:
+    def __init__(self, rng: random.Random, eager: int, frame_interval: float, want_timeout: float,
+                 backup_delay: float = 1.0) -> None:
         self.rng = rng
         self.eager = eager
         self.frame_interval = frame_interval
         self.want_timeout = want_timeout
+        self.backup_delay = backup_delay
         self.links: dict[bytes, Link] = {}
         self._wanted: dict[bytes, _Wanted] = {}
         self._rid_step: dict[bytes, int] = {}
         self._by_step: dict[int, list[bytes]] = {}
         self._next_retry = float("inf")  # the earliest want deadline
+        self.now = 0.0
 
     # --- links ------------------------------------------------------------------------------
     def add_link(self, peer: bytes, now: float) -> Link:
@@ -95,19 +104,29 @@ class Gossip:
         self._wanted.pop(rid, None)
         if source is not None and source in self.links:
             self.links[source].known.add(rid)
-        targets = [link for peer, link in self.links.items()
-                   if peer != source and peer != record.machine and rid not in link.known]
-        if not own and len(targets) > self.eager:
-            eager = self.rng.sample(targets, self.eager)
-            chosen = {id(link) for link in eager}
-            for link in targets:
-                if id(link) not in chosen:
-                    link.have[rid] = None
-            targets = eager
-        for link in targets:
-            link.records[rid] = record
-            link.known.add(rid)
-            link.urgent = link.urgent or own
+        author = record.machine
+        if own:
+            for link in self.links.values():
+                link.records[rid] = record
+                link.known.add(rid)
+                link.urgent = True
+            return
+        primary = []
+        for peer, link in self.links.items():
+            if peer == source or peer == author or rid in link.known:
+                continue
+            if author in link.neighbours:
+                link.backup.setdefault(rid, self.now)  # it has it from the author, unless that was lost
+            else:
+                primary.append(link)
+        eager = primary if len(primary) <= self.eager else self.rng.sample(primary, self.eager)
+        chosen = {id(link) for link in eager}
+        for link in primary:
+            if id(link) in chosen:
+                link.records[rid] = record
+                link.known.add(rid)
+            else:
+                link.have[rid] = None
 
     def heard_of(self, peer: bytes, rids, holds, now: float) -> None:
         """A neighbour announced ids: ask it for those we lack and nobody is asked for yet."""
@@ -156,22 +175,29 @@ class Gossip:
             self.links[peer].urgent = True
 
     def flush(self, now: float) -> list[tuple[bytes, GossipFrame]]:
-        """Frames due now: per link at most one per frame_interval; announcements wait for the
-        interval, records and wants go as soon as the throttle allows."""
+        """Frames due now: per link at most one per frame_interval; announcements wait a little
+        to batch, backups until a frame goes anyway (or backup_delay); records and wants go as
+        soon as the throttle allows."""
+        self.now = now
         self._retry(now)
         out: list[tuple[bytes, GossipFrame]] = []
         for peer, link in self.links.items():
-            if not (link.records or link.have or link.want):
+            if not (link.records or link.have or link.want or link.backup):
                 continue
             if now - link.last_frame < self.frame_interval:
                 continue
-            if not link.urgent and now - link.last_frame < 2 * self.frame_interval and not link.records and not link.want:
-                continue  # announcements alone: wait a little for more to batch
+            if not (link.records or link.want or link.urgent):
+                if link.have:
+                    if now - link.last_frame < 2 * self.frame_interval:
+                        continue  # announcements alone: wait a little for more to batch
+                elif now - min(link.backup.values()) < self.backup_delay:
+                    continue  # backups alone: they ride on the next frame, or go after backup_delay
             records = list(link.records.values())
-            have = [r for r in link.have if r not in link.known]
+            have = [r for r in (*link.have, *link.backup) if r not in link.known]
             want = list(link.want)
             link.records.clear()
             link.have.clear()
+            link.backup.clear()
             link.want.clear()
             link.known.update(have)
             link.urgent = False
@@ -194,7 +220,6 @@ class Gossip:
             self._wanted.pop(rid, None)
         for link in self.links.values():
             link.known -= gone
-            for rid in gone & link.have.keys():
-                del link.have[rid]
-            for rid in gone & link.records.keys():
-                del link.records[rid]
+            for pending in (link.have, link.records, link.backup):
+                for rid in gone & pending.keys():
+                    del pending[rid]
