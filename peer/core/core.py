@@ -71,9 +71,11 @@ class CoreConfig:
     min_peers: int = 1             # a fresh swarm starts when this many peers (us included) are linked
     join_by: str = "checkpoint"    # how a peer behind the swarm catches up: "checkpoint" or "replay"
     checkpoint_every: int = 20     # the replica keeps a checkpoint every this many steps
-    max_links: int = 6             # overlay degree we dial up to (we accept up to 4 more)
+    max_links: int = 6             # overlay degree we dial up to ...
+    max_accept: int = 10           # ... and the most links we keep, dialled or accepted
     eager: int = 2                 # neighbours a forwarded record is pushed to whole (the others get its id)
-    frame_interval: float = 0.2    # at most one gossip frame per link this often
+    frame_interval: float = 0.25   # at most one gossip frame per link this often ...
+    lazy_interval: float = 1.0     # ... and this often for what is not on the critical path
     want_timeout: float = 1.0
     status_interval: float = 5.0
     peers_interval: float = 30.0
@@ -147,7 +149,8 @@ class SwarmCore:
         self.swarm = spec.swarm_id
         self._verify, self._verify_vote = verify, verify_vote
         self.rng = random.Random(int.from_bytes(self.me[-8:], "big") if seed is None else seed)
-        self.gossip = Gossip(self.rng, config.eager, config.frame_interval, config.want_timeout)
+        self.gossip = Gossip(self.rng, config.eager, config.frame_interval, config.want_timeout,
+                             lazy_interval=config.lazy_interval)
         self.ledger = Ledger()                     # the unsealed pool and the last few sealed steps
         self.standing = Standing(config.standing_window)
         self.votes = VoteBook()
@@ -160,10 +163,12 @@ class SwarmCore:
         self.started: float | None = None
         self.round: _Round | None = None
         self.own: dict[int, Record] = {}
+        self._first_own = 0                        # no record of ours below this step: after catching up,
+                                                   # the step being collected would get ours too late
         self.computing: int | None = None
         self.step_time = 0.0                       # our compute seconds per step (moving average)
         self._arrivals: deque[float] = deque(maxlen=256)  # seconds after its round's start a record came
-        self._round_starts: dict[int, float] = {}
+        self._round_starts: dict[int, tuple[float, frozenset]] = {}  # step -> (start, authors expected then)
         self._late: list[Record] = []
         self._last_rebuild = -(1 << 30)             # horizon at the last late-record rebuild
         self.late_by: Counter[bytes] = Counter()    # late records admitted, per author
@@ -199,6 +204,9 @@ class SwarmCore:
         self._dialing: dict[bytes, float] = {}
         self._discovered = False                   # the first discovery round reported (even if empty)
         self._first_status: float | None = None
+        self._statuses_seen = 0
+        self._next_maintain = 0.0
+        self._frontier_cache: tuple = (None, 0)
         if ledger is not None:  # a restart: what the ledger on disk tells about recent history
             for step in ledger.steps():
                 if step >= sealed - self._keep():
@@ -264,7 +272,7 @@ class SwarmCore:
     def _link_up(self, peer: bytes, out: list) -> None:
         self._dialing.pop(peer, None)
         if (peer == self.me or self.banned.get(peer, 0) > self.now or peer in self.gossip.links
-                or len(self.gossip.links) >= self.cfg.max_links + 4):
+                or len(self.gossip.links) >= self.cfg.max_accept):
             if peer not in self.gossip.links:
                 out.append(Disconnect(peer))
             return
@@ -280,6 +288,7 @@ class SwarmCore:
         pending = [r for step, r in sorted(self.own.items()) if step >= self.horizon]
         if pending:  # our records of steps not sealed yet: a new neighbour may not have them
             self.gossip.answer(peer, pending)
+        self.gossip.introduce(peer, self.horizon - 1)  # the ids of the rounds in flight
 
     def _link_down(self, peer: bytes) -> None:
         if peer in self.gossip.links:
@@ -307,6 +316,9 @@ class SwarmCore:
 
     def _maintain_links(self, out: list) -> None:
         now = self.now
+        if now < self._next_maintain:
+            return
+        self._next_maintain = now + 0.5
         for peer, link in list(self.gossip.links.items()):
             if now - link.last_heard > self.cfg.link_timeout:
                 self.gossip.drop_link(peer)
@@ -350,6 +362,7 @@ class SwarmCore:
             if self._first_status is None:
                 self._first_status = self.now
             link.status = msg
+            self._statuses_seen += 1
             rnd = self.round
             if msg.training and rnd is not None and peer not in rnd.expected and msg.sealed + 2 >= rnd.step:
                 rnd.expected.add(peer)  # a neighbour that started training: expect its record
@@ -411,7 +424,7 @@ class SwarmCore:
                 self.gossip.learned(record, rid, peer, own=False)
             else:
                 self.gossip.note(rid, record.step)
-            self._round_saw(record, outcome)
+            self._round_saw(record, outcome, fetched is not None)
 
     def _admit(self, record: Record, peer: bytes | None, fetched, out: list) -> str | None:
         step = record.step
@@ -526,9 +539,10 @@ class SwarmCore:
 
     # ===================================================================================== rounds
     def _new_round(self, step: int) -> None:
-        """Expected authors: those applied in the last two steps (one missed deadline does not
-        make a peer forgotten), neighbours that say they train, and ourselves."""
-        expected = {r.machine for s in (step - 1, step - 2) if s >= 0 for r in self.ledger.applicable(s)}
+        """Expected authors: those applied at the last step, neighbours that say they train, and
+        ourselves (an author whose record of the last step comes late is expected again as it
+        arrives, see _round_saw; one that crashed costs one deadline, not two)."""
+        expected = {r.machine for r in self.ledger.applicable(step - 1)} if step > 0 else set()
         fresh = not expected  # no history yet (a new swarm): every linked peer will train
         expected |= {p for p, link in self.gossip.links.items()
                      if link.status is not None and (link.status.training or fresh)}
@@ -541,16 +555,20 @@ class SwarmCore:
         for s in range(step + 1 + self.spec.delay, self.horizon + self.spec.future_window + 1):
             ahead |= {r.machine for r in self.ledger.applicable(s)}
         self.round = _Round(step, self.now, expected, expected - present, ahead & expected, fresh)
-        self._round_starts[step] = self.now
+        self._round_starts[step] = (self.now, frozenset(expected))
         for old in [s for s in self._round_starts if s < step - self.spec.late_window]:
             del self._round_starts[old]
         if present - {self.me}:
             self.round.first_seen = self.now
 
-    def _round_saw(self, record: Record, outcome: str) -> None:
+    def _round_saw(self, record: Record, outcome: str, fetched: bool = False) -> None:
         started = self._round_starts.get(record.step)
-        if started is not None and record.machine != self.me:
-            self._arrivals.append(max(0.0, self.now - started))
+        if (started is not None and record.machine in started[1] and record.machine != self.me and not fetched
+                and record.step >= self.horizon - 1):
+            # how long after a round's start the records of the authors it waited for arrive,
+            # late ones included (so a slow author is waited for); what a range fetch brings, a
+            # record more than a step late, or a newcomer's first record says nothing about that
+            self._arrivals.append(max(0.0, self.now - started[0]))
         rnd = self.round
         if rnd is None:
             return
@@ -581,7 +599,7 @@ class SwarmCore:
     def _maybe_compute(self, out: list) -> None:
         if not self.cfg.training or self.computing is not None:
             return
-        for step in range(self.horizon, min(self.horizon + self.spec.delay + 1, self.cfg.target)):
+        for step in range(max(self.horizon, self._first_own), min(self.horizon + self.spec.delay + 1, self.cfg.target)):
             if step not in self.own:
                 self.computing = step
                 out.append(Compute(step))
@@ -596,10 +614,18 @@ class SwarmCore:
             others = len(rnd.expected - {self.me})
             moved_on = others > 0 and 2 * len(rnd.ahead - {self.me}) > others  # a strict majority
             if not moved_on:
-                if self.cfg.training and rnd.step not in self.own:
+                if self.cfg.training and rnd.step not in self.own and rnd.step >= self._first_own:
                     return
                 start = rnd.first_seen if rnd.first_seen is not None else rnd.started
                 if (rnd.missing or rnd.fresh) and self.now < start + self._round_wait():
+                    return
+                if rnd.missing and self._frontier() > rnd.step:
+                    # most neighbours sealed this step already and we still miss authors: what
+                    # they applied is the step's record set, not what happened to reach us
+                    out.append(Log("behind", {"sealed": self.horizon, "frontier": self._frontier(),
+                                              "missing": len(rnd.missing)}))
+                    self.phase = "sync"
+                    self._sync(out)
                     return
             if rnd.missing:
                 out.append(Log("round_deadline" if not moved_on else "moved_on",
@@ -810,6 +836,13 @@ class SwarmCore:
     def _frontier(self) -> int:
         """Where the swarm is: the lower median of our neighbours' sealed steps (only those
         with standing, when we know any), so liars in a minority cannot move it."""
+        key = (self._statuses_seen, self.gossip.links_version, self.standing.version, len(self.equivocators),
+               self.horizon)
+        if self._frontier_cache[0] != key:
+            self._frontier_cache = (key, self._compute_frontier())
+        return self._frontier_cache[1]
+
+    def _compute_frontier(self) -> int:
         statuses = [(p, link.status) for p, link in self.gossip.links.items() if link.status is not None]
         trusted = [st.sealed for p, st in statuses if self.weight(p) > 0]
         values = sorted(trusted or [st.sealed for _, st in statuses])
@@ -838,6 +871,8 @@ class SwarmCore:
         frontier = self._frontier()
         if frontier <= self.horizon + 1:
             self.phase = "barrier" if self.horizon == 0 else "train"
+            if self.horizon:
+                self._first_own = self.horizon + self.spec.delay
             return
         out.append(Log("joining", {"frontier": frontier, "sealed": self.sealed, "by": self.cfg.join_by, "peers": heard}))
         if self.cfg.join_by == "checkpoint" and self.sealed == 0:
@@ -893,6 +928,7 @@ class SwarmCore:
         if self.horizon >= frontier:
             if self._range is None and not self._busy:
                 self.phase = "barrier" if self.horizon == 0 else "train"
+                self._first_own = self.horizon + self.spec.delay
                 out.append(Log("joined", {"step": self.horizon}))
             return
         if self._range is not None or self._busy:
@@ -993,6 +1029,7 @@ class SwarmCore:
                 self._heal = None
         self._tally_due(out)
         self._finish(out)
+        self.gossip.urgent_step = self.horizon
         out.extend(Send(p, m) for p, m in self.gossip.flush(now))
         if now >= self._next_status:
             self._next_status = now + self.cfg.status_interval

@@ -14,14 +14,19 @@ number of neighbours), with the per-peer work per step independent of the swarm'
   of its next frame, answered with the record; a want that is not answered in
   ``want_timeout`` goes to another neighbour that announced the same id;
 - **batching**: everything for one neighbour (records, haves, wants) travels in one
-  ``gossip`` frame, at most one frame per ``frame_interval`` per link (own records and
-  answers to wants go at once when the link has been idle that long), so frames per peer per
-  step are bounded by degree x round time / frame_interval, whatever the swarm's size;
+  ``gossip`` frame, at most one frame per ``frame_interval`` per link; only what is on the
+  critical path goes that fast (own records, answers to wants, wants, records of the step
+  being collected); records of later steps (computed ahead: they have a round of slack) and
+  announcements wait up to ``lazy_interval`` to batch, so frames per peer per step stay
+  bounded by degree x round time / frame_interval whatever the swarm's size, and in practice
+  are a few per link;
 - **duplicate suppression**: per link, ids the neighbour sent us or we sent it are never
   sent to it again, and no record is sent to its own author; ids expire with their step.
 
-Anti-entropy for what was missed entirely (a partition, a restart, a newcomer) is a range
-request (core.py), not a per-record exchange. This module decides; it holds no sockets and
+A new link starts with the ids of the records of the steps still being collected (records
+that spread before the link came up); anti-entropy for what was missed entirely (a
+partition, a restart, a newcomer behind the swarm) is a range request (core.py), not a
+per-record exchange. This module decides; it holds no sockets and
 no clock of its own (times come in).
 """
 
@@ -61,13 +66,17 @@ class _Wanted:
 
 class Gossip:
     def __init__(self, rng: random.Random, eager: int, frame_interval: float, want_timeout: float,
-                 backup_delay: float = 1.0) -> None:
+                 backup_delay: float = 1.0, lazy_interval: float = 1.0) -> None:
         self.rng = rng
         self.eager = eager
         self.frame_interval = frame_interval
+        self.lazy_interval = lazy_interval
+        self.urgent_step = 0  # records of steps up to this one are on the critical path (the core sets it)
         self.want_timeout = want_timeout
         self.backup_delay = backup_delay
         self.links: dict[bytes, Link] = {}
+        self.links_version = 0  # changes whenever a link comes or goes
+        self._pending: set[bytes] = set()  # links with something queued
         self._wanted: dict[bytes, _Wanted] = {}
         self._rid_step: dict[bytes, int] = {}
         self._by_step: dict[int, list[bytes]] = {}
@@ -79,10 +88,12 @@ class Gossip:
         link = self.links.get(peer)
         if link is None:
             link = self.links[peer] = Link(peer, now, now)
+            self.links_version += 1
         return link
 
     def drop_link(self, peer: bytes) -> None:
-        self.links.pop(peer, None)
+        if self.links.pop(peer, None) is not None:
+            self.links_version += 1
 
     # --- records ----------------------------------------------------------------------------
     def note(self, rid: bytes, step: int) -> None:
@@ -106,15 +117,17 @@ class Gossip:
             self.links[source].known.add(rid)
         author = record.machine
         if own:
-            for link in self.links.values():
+            for peer, link in self.links.items():
                 link.records[rid] = record
                 link.known.add(rid)
                 link.urgent = True
+                self._pending.add(peer)
             return
         primary = []
         for peer, link in self.links.items():
             if peer == source or peer == author or rid in link.known:
                 continue
+            self._pending.add(peer)
             if author in link.neighbours:
                 link.backup.setdefault(rid, self.now)  # it has it from the author, unless that was lost
             else:
@@ -127,6 +140,18 @@ class Gossip:
                 link.known.add(rid)
             else:
                 link.have[rid] = None
+
+    def introduce(self, peer: bytes, from_step: int) -> None:
+        """A new neighbour: announce the ids of what we hold of steps >= from_step (records
+        that spread before the link came up reach it no other way)."""
+        link = self.links.get(peer)
+        if link is None:
+            return
+        for step in sorted(s for s in self._by_step if s >= from_step):
+            for rid in self._by_step[step]:
+                if rid not in link.known and rid not in link.records:
+                    link.have[rid] = None
+                    self._pending.add(peer)
 
     def heard_of(self, peer: bytes, rids, holds, now: float) -> None:
         """A neighbour announced ids: ask it for those we lack and nobody is asked for yet."""
@@ -143,6 +168,7 @@ class Gossip:
                 self._next_retry = min(self._next_retry, now + self.want_timeout)
                 link.want[rid] = None
                 link.urgent = True
+                self._pending.add(peer)
             elif peer != wanted.peer and peer not in wanted.holders:
                 wanted.holders.append(peer)
 
@@ -154,7 +180,9 @@ class Gossip:
         for record in records:
             link.records[record.rid] = record
             link.known.add(record.rid)
-        link.urgent = link.urgent or bool(records)
+        if records:
+            link.urgent = True
+            self._pending.add(peer)
 
     def _retry(self, now: float) -> None:
         """Wants that timed out, re-addressed to another neighbour that announced the id."""
@@ -173,6 +201,7 @@ class Gossip:
             self._next_retry = min(self._next_retry, now + self.want_timeout)
             self.links[peer].want[rid] = None
             self.links[peer].urgent = True
+            self._pending.add(peer)
 
     def flush(self, now: float) -> list[tuple[bytes, GossipFrame]]:
         """Frames due now: per link at most one per frame_interval; announcements wait a little
@@ -181,15 +210,19 @@ class Gossip:
         self.now = now
         self._retry(now)
         out: list[tuple[bytes, GossipFrame]] = []
-        for peer, link in self.links.items():
-            if not (link.records or link.have or link.want or link.backup):
+        for peer in sorted(self._pending):
+            link = self.links.get(peer)
+            if link is None or not (link.records or link.have or link.want or link.backup):
+                self._pending.discard(peer)
                 continue
-            if now - link.last_frame < self.frame_interval:
+            since = now - link.last_frame
+            if since < self.frame_interval:
                 continue
-            if not (link.records or link.want or link.urgent):
-                if link.have:
-                    if now - link.last_frame < 2 * self.frame_interval:
-                        continue  # announcements alone: wait a little for more to batch
+            critical = link.urgent or link.want or any(r.step <= self.urgent_step for r in link.records.values())
+            if not critical:
+                if link.records or link.have:
+                    if since < self.lazy_interval:
+                        continue  # records of later steps and announcements: batch up to lazy_interval
                 elif now - min(link.backup.values()) < self.backup_delay:
                     continue  # backups alone: they ride on the next frame, or go after backup_delay
             records = list(link.records.values())
@@ -202,6 +235,7 @@ class Gossip:
             link.known.update(have)
             link.urgent = False
             link.last_frame = now
+            self._pending.discard(peer)
             for i in range(0, max(len(records), len(have), len(want)), MAX_BATCH):
                 out.append((peer, GossipFrame(tuple(records[i:i + MAX_BATCH]), tuple(have[i:i + MAX_BATCH]),
                                               tuple(want[i:i + MAX_BATCH]))))

@@ -28,8 +28,10 @@ class Standing:
         self.window = window
         self._steps: deque[tuple[int, tuple[bytes, ...]]] = deque()
         self._count: Counter[bytes] = Counter()
+        self.version = 0  # changes whenever any standing may have
 
     def sealed(self, step: int, authors) -> None:
+        self.version += 1
         authors = tuple(authors)
         self._steps.append((step, authors))
         self._count.update(authors)
@@ -42,6 +44,7 @@ class Standing:
 
     def reset(self, history: list[tuple[int, tuple[bytes, ...]]]) -> None:
         """Recount from (step, authors) of the sealed steps (after a rebuild or a restart)."""
+        self.version += 1
         self._steps.clear()
         self._count.clear()
         for step, authors in sorted(history)[-self.window:]:
