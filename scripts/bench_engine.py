@@ -12,6 +12,9 @@ load hits both sides alike. Ratios are what to compare across machines.
 - step_over_2fwd        one local SPSA step (two perturbed forwards, record, update) over two
                         plain forwards of the same batch (MiniLM, batch 32, sentiment task)
 - mezo_step_over_2fwd   the same for MeZO's step (torch.normal, four regenerations)
+- seal_N_over_2fwd      applying one sealed step of N records (N = 1, 10, 100, 1000; one
+                        gradient each, distinct machines) over two plain forwards: what every
+                        replica pays per step in a swarm of N training peers
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from seedswarm.model.loading import BUNDLED_ID
 from seedswarm.model.perturb import Term, apply
 from seedswarm.model.tasks import PRESETS
 from seedswarm.protocol import Signer, CodecParams, LRSchedule, ModelRef, SwarmSpec
+from seedswarm.protocol.records import Record
 
 SIGNER = Signer(bytes(32))
 
@@ -48,6 +52,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="steps (and forward pairs) per round")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seal-sizes", type=int, nargs="*", default=[1, 10, 100, 1000],
+                        help="records per sealed step for the seal_N_over_2fwd curve")
     args = parser.parse_args()
 
     model, tokenizer = load_model(None)
@@ -101,6 +107,18 @@ def main() -> None:
             fwd.append(f), step.append(o), mezo_s.append(m)
             step_ratio.append(o / f), mezo_ratio.append(m / f)
     med = statistics.median
+    seal_ratios = {}
+    for n in args.seal_sizes:
+        # n records of one step by n machines; fixed bytes, so only the count varies
+        records = [Record(step=0, machine=Signer(i.to_bytes(32, "big")).machine, scale_exp=4,
+                          grads=bytes([(37 * i) % 127 + 1])) for i in range(n)]
+        replica.apply_step(records), replica.flush()  # warm-up: kernels specialise on the term count
+        ratios = []
+        for batch in batches[: max(3, args.rounds)]:
+            f = timed(lambda: plain_pair(batch))
+            a = timed(lambda: (replica.apply_step(records), replica.flush()))
+            ratios.append(a / f)
+        seal_ratios[f"seal_{n}_over_2fwd"] = round(med(ratios), 3)
     result = {
         "params": numel,
         "batch_size": args.batch_size,
@@ -114,6 +132,7 @@ def main() -> None:
         "step_over_2fwd": round(med(step_ratio), 3),
         "mezo_step_over_2fwd": round(med(mezo_ratio), 3),
         "samples": len(step_ratio),
+        **seal_ratios,
     }
     if args.json:
         print(json.dumps(result))

@@ -572,7 +572,8 @@ class SwarmCore:
         rnd = self.round
         if rnd is None:
             return
-        if outcome == EQUIVOCATION:  # its records are void from that step on: stop waiting for it
+        if outcome == EQUIVOCATION or record.machine in self.equivocators:
+            # an equivocator's records may be voided any time: never wait for one
             rnd.missing.discard(record.machine)
             rnd.expected.discard(record.machine)
             return
