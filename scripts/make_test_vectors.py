@@ -16,6 +16,7 @@ little-endian for float32, as the update arithmetic stores them).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -30,8 +31,11 @@ from seedswarm.protocol.aggregation import clip_bound, step_terms
 from seedswarm.protocol.directory import MemberInfo, encode_entry, member_bucket, member_key
 from seedswarm.protocol.distributions import GAUSSIAN, GAUSSIAN_TABLE_SHA256, RADEMACHER, z_value
 from seedswarm.protocol.hashing import _CODEC_SALT, derive_seed, mix64, stream64, tensor_id, tensor_key
-from seedswarm.protocol.identity import (Signer, issue_member_ticket, leading_zero_bits, member_message, pow_digest,
-                                         solve_pow)
+from seedswarm.peer.core.trust import Votes as VoteBook
+from seedswarm.protocol import globs
+from seedswarm.protocol.errors import ProtocolError
+from seedswarm.protocol.identity import (SMALL_ORDER, Signer, check_machine_id, issue_member_ticket, leading_zero_bits,
+                                         member_message, pow_digest, solve_pow, verify)
 from seedswarm.protocol.ledger import HEADER, Ledger, encode_ledger, entry, scan_ledger
 from seedswarm.protocol.messages import (Bye, Gossip, Peers, RangeReply, RangeRequest, Status, Vote, Votes,
                                          encode_message)
@@ -228,7 +232,7 @@ def main() -> None:
     # --- ledger file ------------------------------------------------------------------------
     dup = records[0]
     equiv = Record.create(b, swarm, 12, 0, bytes([0x06, 0x0C]), records[1].ticket)  # a second body for (12, B)
-    later_b = Record.create(b, swarm, 13, 0, bytes([1, 2]), records[1].ticket)     # void: B equivocated at 12
+    later_b = Record.create(b, swarm, 13, 0, bytes([1, 2]), records[1].ticket)     # applied: only (12, B) is void
     later_a = Record.create(a, swarm, 13, 0, bytes([3, 4]), records[0].ticket)
     file_records = [records[0], records[1], records[2], dup, equiv, later_b, later_a]
     data = encode_ledger(spec, file_records)
@@ -244,7 +248,9 @@ def main() -> None:
     ledger_v = {
         "spec": "spec_full", "file": data.hex(), "entry_offsets": offsets,
         "records_in_file_order": [r.rid.hex() for r in file_records],
-        "held": sorted(r.rid.hex() for r in ledger), "void_from": {b.machine.hex(): ledger.banned_from(b.machine)},
+        "held": sorted(r.rid.hex() for r in ledger),
+        "equivocated": [[s, m.hex()] for s in ledger.steps() for m in sorted({r.machine for r in ledger.at(s)})
+                        if ledger.equivocated(s, m)],
         "applicable": {str(s): [r.rid.hex() for r in ledger.applicable(s)] for s in ledger.steps()},
         "ordered": [r.rid.hex() for r in ledger.ordered()],
         "torn": {"file": torn.hex(), "torn_bytes": scan_t.torn_bytes, "records": len(scan_t.records),
@@ -266,7 +272,7 @@ def main() -> None:
     msgs = {
         "status": Status(42, 1, 40, 1234), "gossip": Gossip((rec,), (records[1].rid,), (records[2].rid,)),
         "range": RangeRequest(10, 74), "ranged": RangeReply(12, 13, False, (records[0],)),
-        "votes": Votes((vote,)), "peers": Peers((b.machine, c.machine)), "bye": Bye(),
+        "votes": Votes((vote,)), "peers": Peers((b.machine,), (c.machine, authority.machine)), "bye": Bye(),
     }
     messages_v = {k: encode_message(m).hex() for k, m in msgs.items()}
 
@@ -301,11 +307,137 @@ def main() -> None:
                    for t in (0.0, 0.1, 0.25, 1 / 3, 0.5, 0.5000000000000001, 0.75, 0.9, 0.999, 1.0)],
         "lr": lr_vectors(), **spec_v, "record": record_v, "vote": vote_v, "tickets": tickets,
         "step": step_v, "step_zero_median": zero_v, "update": update_v, "ledger": ledger_v, "digest": digest_v,
-        "messages": messages_v, "dht_entry": dht_v,
+        "messages": messages_v, "dht_entry": dht_v, "ed25519": ed25519_vector(a),
+        "globs": globs_vector(), "step_redescend": redescend_vector(a, b, c), "tally": tally_vector(),
+        "update_16bit": update_16bit_vector(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(vectors, indent=1, ensure_ascii=True) + "\n")
     print(f"wrote {OUT}")
+
+
+# --- Ed25519 edges (SPEC section 2) ------------------------------------------------------------
+_P = 2 ** 255 - 19
+_L = 2 ** 252 + 27742317777372353535851937790883648493
+
+
+def _rejected_machine(key: bytes) -> bool:
+    try:
+        check_machine_id(bytes.fromhex("002408011220") + key)
+        return False
+    except ProtocolError:
+        return True
+
+
+def ed25519_vector(a: Signer) -> dict:
+    """Machine ids that must be refused, and a signature OpenSSL alone would accept: R is the
+    identity point (small order) and S = k * a mod L, so [S]B - [k]A = R exactly."""
+    rejected = [
+        ("y = p (non-canonical encoding of y = 0)", _P.to_bytes(32, "little")),
+        ("y = p + 1 (non-canonical encoding of the identity)", (_P + 1).to_bytes(32, "little")),
+        ("x = 0 with the sign bit set (y = 1)", (1 | 1 << 255).to_bytes(32, "little")),
+        ("no curve point has y = 2", (2).to_bytes(32, "little")),
+    ] + [("small order", k) for k in sorted(SMALL_ORDER)]
+    assert all(_rejected_machine(k) for _, k in rejected) and not _rejected_machine(a.public_key)
+    h = hashlib.sha512(a.seed).digest()
+    scalar = int.from_bytes(h[:32], "little") & ((1 << 254) - 8) | (1 << 254)
+    message = b"seedswarm vector: small-order R"
+    r_enc = bytes([1]) + bytes(31)  # the identity point
+    k = int.from_bytes(hashlib.sha512(r_enc + a.public_key + message).digest(), "little") % _L
+    sig = r_enc + (k * scalar % _L).to_bytes(32, "little")
+    try:
+        verify(a.public_key, message, sig)
+        raise AssertionError("the small-order R signature verified")
+    except ProtocolError:
+        pass
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    Ed25519PublicKey.from_public_bytes(a.public_key).verify(sig, message)  # OpenSSL alone accepts it
+    return {"small_order": sorted(k.hex() for k in SMALL_ORDER),
+            "rejected_keys": [{"why": why, "key": key.hex()} for why, key in rejected],
+            "accepted_key": a.public_key.hex(),
+            "small_order_r": {"key": a.public_key.hex(), "message": message.hex(), "signature": sig.hex(),
+                              "why": "R is the identity point; OpenSSL's cofactorless check alone would accept it"}}
+
+
+# --- name patterns (SPEC section 10.1, Appendix B) ---------------------------------------------
+GLOB_NAMES = ["encoder.layer.0.weight", "encoder.layer.10.bias", "a", "b", "-", "]", "!", "^", "\\", "[", "ab",
+              "a.b", "", "\n", "x[y", "e", "c", "\u00e9"]
+GLOB_PATTERNS = ["*", "*.weight", "encoder.*.bias", "?", "a?b", "[ab]", "[!ab]", "[a-c-e]", "[-a]", "[a-]", "[]]",
+                 "[!]]", "[]-a]", "[!!]", "[--0]", "[\\]", "[^a]", "x[[]y", "**", "a*", "*b", "]", "!", "[a-a]",
+                 "[\u00e0-\u00ff]", "?*?"]
+GLOB_INVALID = ["a[", "[", "[]", "[!]", "[!", "[z-a]", "[a-c-b-a]", "x[b-a]y", "[b-a]*"]
+
+
+def globs_vector() -> dict:
+    for p in GLOB_INVALID:
+        try:
+            globs.parse(p)
+            raise AssertionError(f"{p!r} parsed")
+        except ProtocolError:
+            pass
+    return {"names": GLOB_NAMES, "invalid": GLOB_INVALID,
+            "valid": [{"pattern": p, "matches": [n for n in GLOB_NAMES if globs.match(n, p)]} for p in GLOB_PATTERNS]}
+
+
+def redescend_vector(a: Signer, b: Signer, c: Signer) -> dict:
+    """One step under the default rule (redescend, factor 2): an outlier counts b*b/|g|."""
+    spec = SwarmSpec.from_dict(dict(full_spec_json(), admission={"mode": "open"}, aggregation={}))
+    assert (spec.aggregation.clip, spec.aggregation.clip_factor) == ("redescend", 2.0)
+    d = Signer(bytes(range(96, 128)))
+    recs = [Record.create(a, spec.swarm_id, 3, 2, bytes([10, 0xF0])), Record.create(b, spec.swarm_id, 3, 2, bytes([5, 12])),
+            Record.create(c, spec.swarm_id, 3, 0, bytes([0x81, 0x7F])), Record.create(d, spec.swarm_id, 3, 1, bytes([0, 0xF9]))]
+    ordered = sorted(recs, key=lambda r: r.machine)
+    values = [v for r in ordered for v in r.values(spec.codec.clip)]
+    terms = step_terms(spec, recs)
+    return {"spec_json": json.dumps(spec.to_dict(), sort_keys=True), "swarm_id": spec.swarm_id_hex,
+            "records": [r.encode().hex() for r in recs], "decoded_hex": [d_hex(v) for v in values],
+            "bound_hex": d_hex(clip_bound(spec, values)),
+            "terms": [{"seed": f"{t.seed:016x}", "coef_hex": f_hex(t.coef), "decay_hex": f_hex(t.decay)} for t in terms]}
+
+
+def tally_vector() -> dict:
+    """SPEC section 13 (local policy, seedswarm's): weights min(standing, 16), own digest
+    max(min(own standing, 16), 1), the leading digest wins with more than half."""
+    signers = [Signer(bytes([0x40 + i]) * 32) for i in range(6)]
+    me = signers[0]
+    swarm = bytes(32)
+    d1, d2 = bytes([1]) * 32, bytes([2]) * 32
+    cases = []
+    for standings, digests, own_standing, own in (
+        ([64, 3, 3, 3, 0], [d2, d1, d1, d1, d1], 20, d1),      # capped: 16 vs 3 + 3 + 3 + 16
+        ([64, 64, 0, 5, 5], [d2, d2, d1, d1, d1], 0, d1),     # 32 vs 10 + 1: d2 wins
+        ([16, 0, 0, 0, 16], [d2, d1, d1, d1, d1], 0, d1),     # 16 vs 16 + 1
+        ([10, 0, 0, 0, 9], [d2, d1, d1, d1, d1], 0, d1),      # 10 vs 9 + 1: a split, d2 leads (tie by digest)
+    ):
+        book = VoteBook()
+        stand = {me.machine: own_standing}
+        votes = []
+        for s, st, dg in zip(signers[1:], standings, digests):
+            book.add(Vote.create(s, swarm, 10, dg))
+            stand[s.machine] = st
+            votes.append({"machine": s.machine.hex(), "standing": st, "digest": dg.hex()})
+        t = book.tally(10, lambda m: min(stand.get(m, 0), 16), own, me.machine)
+        cases.append({"votes": votes, "own_standing": own_standing, "own_digest": own.hex(),
+                      "winner": t.winner.hex() if t.winner else None, "weight": t.weight, "total": t.total,
+                      "supporters": [m.hex() for m in t.supporters], "split": t.split})
+    return {"cap": 16, "cases": cases}
+
+
+def update_16bit_vector() -> dict:
+    """bfloat16 and float16 weights: rounded back to 16 bits after every term (SPEC 10.5)."""
+    from seedswarm.model.perturb import Term, apply_reference
+    out = {}
+    terms = [(0x0123456789ABCDEF, -3.0e-3, 0.999), (0xFEDCBA9876543210, 1.7e-3, 1.0), (0x1111222233334444, 2.2e-3, 0.9995)]
+    for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        theta = torch.tensor([1.0, -0.3, 2.5e-3, 7.0, -0.0, 1e-6, 300.0, -65504.0 if name == "float16" else -3e38],
+                             dtype=dtype)
+        bits = theta.view(torch.int16).numpy().astype("<i2").tobytes().hex()
+        flat = theta.clone()
+        apply_reference(flat, [Term(k, c, d) for k, c, d in terms], RADEMACHER, offset=60)
+        out[name] = {"theta": bits, "offset": 60, "dist": RADEMACHER,
+                     "terms": [{"key": f"{k:016x}", "coef": cf, "decay": d} for k, cf, d in terms],
+                     "result": flat.view(torch.int16).numpy().astype("<i2").tobytes().hex()}
+    return out
 
 
 def update_vector() -> dict:

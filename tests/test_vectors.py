@@ -18,9 +18,10 @@ from seedswarm.protocol.admission import check_record, check_vote
 from seedswarm.protocol.distributions import GAUSSIAN_TABLE_SHA256, gaussian_table_bytes, z_value
 from seedswarm.protocol.errors import ProtocolError
 from seedswarm.protocol.hashing import _CODEC_SALT, derive_seed, mix64, stream64, tensor_id, tensor_key
-from seedswarm.protocol.identity import Signer, check_ticket, leading_zero_bits, pow_digest
+from seedswarm.protocol import globs
+from seedswarm.protocol.identity import SMALL_ORDER, Signer, check_machine_id, check_ticket, leading_zero_bits, pow_digest, verify
 from seedswarm.protocol.ledger import Ledger, scan_ledger
-from seedswarm.protocol.messages import decode_message, decode_vote, encode_message
+from seedswarm.protocol.messages import Vote, decode_message, decode_vote, encode_message
 from seedswarm.protocol.records import Record, decode_record
 from seedswarm.protocol.schedule import LRSchedule, cos_pi
 from seedswarm.protocol.spec import SwarmSpec
@@ -164,8 +165,8 @@ def test_ledger_vectors():
     assert sorted(r.rid.hex() for r in ledger) == lv["held"]
     assert [r.rid.hex() for r in ledger.ordered()] == lv["ordered"]
     assert {str(s): [r.rid.hex() for r in ledger.applicable(s)] for s in ledger.steps()} == lv["applicable"]
-    for machine, step in lv["void_from"].items():
-        assert ledger.banned_from(bytes.fromhex(machine)) == step
+    assert [[s, m.hex()] for s in ledger.steps() for m in sorted({r.machine for r in ledger.at(s)})
+            if ledger.equivocated(s, m)] == lv["equivocated"]
     torn = scan_ledger(bytes.fromhex(lv["torn"]["file"]))
     assert (torn.torn_bytes, len(torn.records), torn.damage) == (lv["torn"]["torn_bytes"], lv["torn"]["records"], [])
     dmg = scan_ledger(bytes.fromhex(lv["damaged"]["file"]))
@@ -215,3 +216,67 @@ def test_update_arithmetic_vector(impl):
     run(theta, terms, u["dist"], perturb=(h(u["perturb"]["key"]), u["perturb"]["scale"]), out=out, offset=u["offset"])
     assert [np.float32(x).tobytes().hex() for x in theta.tolist()] == u["result"]
     assert [np.float32(x).tobytes().hex() for x in out.tolist()] == u["perturbed"]
+
+
+def test_ed25519_edge_vectors():
+    e = V["ed25519"]
+    assert sorted(k.hex() for k in SMALL_ORDER) == e["small_order"]
+    prefix = bytes.fromhex("002408011220")
+    for row in e["rejected_keys"]:
+        with pytest.raises(ProtocolError):
+            check_machine_id(prefix + bytes.fromhex(row["key"]))
+    check_machine_id(prefix + bytes.fromhex(e["accepted_key"]))
+    r = e["small_order_r"]
+    with pytest.raises(ProtocolError):
+        verify(bytes.fromhex(r["key"]), bytes.fromhex(r["message"]), bytes.fromhex(r["signature"]))
+
+
+def test_glob_vectors():
+    g = V["globs"]
+    for pattern in g["invalid"]:
+        with pytest.raises(ProtocolError):
+            globs.parse(pattern)
+        with pytest.raises(ProtocolError):
+            SwarmSpec.from_dict({"name": "x", "model": {"id": "m"}, "task": {"kind": "k"}, "frozen": [pattern]})
+    for row in g["valid"]:
+        assert [n for n in g["names"] if globs.match(n, row["pattern"])] == row["matches"], row["pattern"]
+
+
+def test_redescend_step_vector():
+    r = V["step_redescend"]
+    spec = SwarmSpec.from_json(r["spec_json"])
+    assert spec.swarm_id_hex == r["swarm_id"] and spec.aggregation.clip == "redescend"
+    records = [decode_record(bytes.fromhex(x)) for x in r["records"]]
+    values = [v for x in sorted(records, key=lambda x: x.order_key) for v in x.values(spec.codec.clip)]
+    assert [d_hex(v) for v in values] == r["decoded_hex"] and d_hex(clip_bound(spec, values)) == r["bound_hex"]
+    assert [(f"{t.seed:016x}", f32_hex(t.coef), f32_hex(t.decay)) for t in step_terms(spec, records)] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+
+
+def test_tally_vector():
+    from seedswarm.peer.core.core import CoreConfig
+    from seedswarm.peer.core.trust import Votes as VoteBook
+
+    t = V["tally"]
+    assert CoreConfig().standing_cap == t["cap"]
+    me = Signer(bytes([0x40]) * 32).machine
+    for case in t["cases"]:
+        book, stand = VoteBook(), {me: case["own_standing"]}
+        for i, v in enumerate(case["votes"]):
+            signer = Signer(bytes([0x41 + i]) * 32)
+            assert signer.machine.hex() == v["machine"]
+            book.add(Vote.create(signer, bytes(32), 10, bytes.fromhex(v["digest"])))
+            stand[signer.machine] = v["standing"]
+        got = book.tally(10, lambda m: min(stand.get(m, 0), t["cap"]), bytes.fromhex(case["own_digest"]), me)
+        assert (got.winner.hex() if got.winner else None, got.weight, got.total, [m.hex() for m in got.supporters],
+                got.split) == (case["winner"], case["weight"], case["total"], case["supporters"], case["split"])
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_update_16bit_vector(impl, dtype):
+    u = V["update_16bit"][dtype]
+    theta = torch.frombuffer(bytearray.fromhex(u["theta"]), dtype=torch.int16).view(getattr(torch, dtype)).clone()
+    run = apply_reference if impl == "reference" else apply
+    run(theta, [Term(h(t["key"]), t["coef"], t["decay"]) for t in u["terms"]], u["dist"], offset=u["offset"])
+    assert theta.view(torch.int16).numpy().astype("<i2").tobytes().hex() == u["result"]

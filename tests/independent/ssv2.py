@@ -64,12 +64,51 @@ def sign(seed: bytes, message: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(seed).sign(message)
 
 
+P = 2**255 - 19
+D = -121665 * pow(121666, P - 2, P) % P
+SMALL_ORDER = {bytes.fromhex(x) for x in (  # section 2, step 3
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+)}
+
+
+def _y_sign(enc: bytes) -> tuple[int, int]:
+    v = int.from_bytes(enc, "little")
+    return v & ((1 << 255) - 1), v >> 255
+
+
+def good_key(k: bytes) -> bool:
+    """Section 2 steps 1-3: a canonical encoding of a point of large order."""
+    y, sign = _y_sign(k)
+    if y >= P:
+        return False
+    u, v = (y * y - 1) % P, (D * y * y + 1) % P
+    x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
+    if v * x * x % P == u % P:
+        pass
+    elif v * x * x % P == (-u) % P:
+        x = x * pow(2, (P - 1) // 4, P) % P
+    else:
+        return False
+    if x == 0 and sign == 1:
+        return False
+    return k not in SMALL_ORDER
+
+
 def valid_machine(m: object) -> bool:
-    return type(m) is bytes and len(m) == 38 and m[:6] == PREFIX
+    return type(m) is bytes and len(m) == 38 and m[:6] == PREFIX and good_key(m[6:])
 
 
 def verify(pub: bytes, message: bytes, signature: object) -> bool:
     if type(signature) is not bytes or len(signature) != 64:
+        return False
+    if _y_sign(signature[:32])[0] >= P or signature[:32] in SMALL_ORDER:  # R (section 2)
         return False
     try:
         Ed25519PublicKey.from_public_bytes(pub).verify(signature, message)
@@ -243,7 +282,7 @@ NESTED = {
     "lr": {"base": (_FLOAT, 0.0001), "kind": (_STR, "constant"), "warmup_steps": (_INT, 0), "total_steps": (_INT, 0),
            "min_ratio": (_FLOAT, 0.0)},
     "codec": {"name": (_STR, "int8-sr-pow2"), "clip": (_FLOAT, 1024.0)},
-    "aggregation": {"clip": (_STR, "median"), "clip_factor": (_FLOAT, 1.0)},
+    "aggregation": {"clip": (_STR, "redescend"), "clip_factor": (_FLOAT, 2.0)},
     "admission": {"mode": (_STR, "open"), "pow_bits": (_INT, 0), "authority": (_STR, "")},
 }
 TOP = {
@@ -312,7 +351,7 @@ def _hex64(v):
 
 
 def _patterns(v, lo):
-    return type(v) is list and lo <= len(v) <= 256 and all(_is_str(p, 1, 200) for p in v)
+    return type(v) is list and lo <= len(v) <= 256 and all(_is_str(p, 1, 200) and glob_valid(p) for p in v)
 
 
 def validate(s: dict) -> None:
@@ -322,12 +361,12 @@ def validate(s: dict) -> None:
         m["digest"] == "" or _hex64(m["digest"]), m["dtype"] in ("float32", "bfloat16", "float16"),
         _is_str(t["kind"], 1, 200), type(t["options"]) is dict and _json_like(t["options"]),
         _patterns(s["trainable"], 1), _patterns(s["frozen"], 0), _patterns(s["no_decay"], 0),
-        s["perturbation"] in ("rademacher", "gaussian"), _is_float(s["eps"], positive=True),
+        s["perturbation"] in ("rademacher", "gaussian"), _is_float(s["eps"], 0.0, 1000.0, positive=True),
         _is_float(lr["base"], 0.0, 1e6), lr["kind"] in ("constant", "linear", "cosine"),
         _is_int(lr["warmup_steps"], 0, 1 << 32), _is_int(lr["total_steps"], 0, 1 << 32),
-        _is_float(lr["min_ratio"], 0.0, 1.0), _is_float(s["weight_decay"]),
-        co["name"] == "int8-sr-pow2", _is_float(co["clip"], 0.0, 1e30, positive=True),
-        ag["clip"] in ("none", "median"), _is_float(ag["clip_factor"], 0.0, 1e6, positive=True),
+        _is_float(lr["min_ratio"], 0.0, 1.0), _is_float(s["weight_decay"], 0.0, 1000.0),
+        co["name"] == "int8-sr-pow2", _is_float(co["clip"], 1e-30, 1e30),
+        ag["clip"] in ("none", "median", "redescend"), _is_float(ag["clip_factor"], 0.0, 1e6, positive=True),
         ad["mode"] in ("open", "members"), _is_int(ad["pow_bits"], 0, 32), type(ad["authority"]) is str,
         _is_int(s["samples_per_step"], 1, 1024), _is_int(s["batch_size"], 1, 1 << 20),
         _is_int(s["digest_every"], 1, 1 << 20), _is_int(s["delay"], 0, 8), _is_int(s["late_window"], 0, 64),
@@ -355,10 +394,17 @@ def spec_canonical(spec: dict) -> bytes:
 def spec_from_json(text: str) -> tuple[dict, bytes, bytes]:
     """(spec, canonical bytes, swarm id) of a JSON spec (4.2)."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_no_repeats)
     except ValueError:
         raise Invalid("not JSON") from None
     return spec_from_obj(obj)
+
+
+def _no_repeats(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise Invalid("a JSON object repeats a key (4.2)")
+    return out
 
 
 def spec_from_obj(obj) -> tuple[dict, bytes, bytes]:
@@ -570,16 +616,12 @@ class LedgerSet:
         held.append(r)
         self.rids.add(r.rid)
 
-    def void_from(self, machine: bytes):
-        steps = [s for (s, m), held in self.slots.items() if m == machine and len(held) == 2]
-        return min(steps) if steps else None
+    def equivocated(self, step: int, machine: bytes) -> bool:
+        return len(self.slots.get((step, machine), ())) == 2
 
     def applicable(self, step: int) -> list[Rec]:
-        out = []
-        for (s, m), held in self.slots.items():
-            void = self.void_from(m)
-            if s == step and len(held) == 1 and (void is None or s < void):
-                out.append(held[0])
+        """Records of ``step`` alone in their slot (an equivocation voids that slot only)."""
+        out = [held[0] for (s, m), held in self.slots.items() if s == step and len(held) == 1]
         return sorted(out, key=lambda r: r.machine)
 
 
@@ -589,10 +631,18 @@ def step_terms(spec: dict, swarm_id: bytes, records: list[Rec]) -> list[tuple[in
     records = sorted(records, key=lambda r: r.machine)
     clip = spec["codec"]["clip"]
     values = [decode_grads(r.grads, r.scale_exp, clip) for r in records]
-    if spec["aggregation"]["clip"] == "median" and values:
+    rule = spec["aggregation"]["clip"]
+    if rule != "none" and values:
         mags = sorted(abs(g) for vs in values for g in vs)
         b = spec["aggregation"]["clip_factor"] * mags[(len(mags) - 1) // 2]
-        values = [[g if abs(g) <= b else (b if g > 0 else -b) for g in vs] for vs in values]
+
+        def beyond(g: float) -> float:
+            if rule == "median":
+                return b if g > 0 else -b
+            q = (b * b) / abs(g)
+            return q if g > 0 else -q
+
+        values = [[g if abs(g) <= b else beyond(g) for g in vs] for vs in values]
     n = spec["samples_per_step"]
     out = []
     for r, vs in zip(records, values):
@@ -605,89 +655,102 @@ def step_terms(spec: dict, swarm_id: bytes, records: list[Rec]) -> list[tuple[in
 
 # --- 10.5 update arithmetic ---------------------------------------------------------------------
 def update(values: list[float], offset: int, dist: str, terms: list[tuple[int, float, float]],
-           table: Table | None = None) -> list[float]:
-    """terms: (tensor key, coef, decay) with float32 coef/decay; values float32; element i of
-    the list is element offset + i of the tensor."""
+           table: Table | None = None, dtype: str = "float32") -> list[float]:
+    """terms: (tensor key, coef, decay) with float32 coef/decay; values of ``dtype`` (as
+    floats); element i of the list is element offset + i of the tensor. bfloat16/float16
+    values are rounded back to 16 bits after every term (10.5)."""
+    back = {"float32": lambda x: x, "bfloat16": bf16, "float16": fp16}[dtype]
     out = []
     for i, v in enumerate(values):
         for key, coef, decay in terms:
             v = f32(v * f32(decay))
             v = f32(v + f32(f32(coef) * z(dist, key, offset + i, table)))
+            v = back(v)
         out.append(v)
     return out
+
+
+def bf16(x: float) -> float:
+    """A float32 value rounded to bfloat16 (nearest, ties to even), as a float."""
+    bits = struct.unpack("<I", struct.pack("<f", x))[0]
+    if (bits & 0x7F800000) == 0x7F800000:  # inf stays inf (no NaN arises here)
+        return x
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16  # may carry into inf: IEEE overflow
+    return struct.unpack("<f", struct.pack("<I", bits & 0xFFFFFFFF))[0]
+
+
+def fp16(x: float) -> float:
+    """A float32 value rounded to float16 (nearest, ties to even; overflow to infinity)."""
+    try:
+        return struct.unpack("<e", struct.pack("<e", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def bits16(x: float, dtype: str) -> int:
+    if dtype == "float16":
+        return struct.unpack("<H", struct.pack("<e", x))[0]
+    return struct.unpack("<I", struct.pack("<f", x))[0] >> 16
+
+
+def from_bits16(b: int, dtype: str) -> float:
+    if dtype == "float16":
+        return struct.unpack("<e", struct.pack("<H", b))[0]
+    return struct.unpack("<f", struct.pack("<I", b << 16))[0]
 
 
 # --- 10.1 patterns (appendix B) -------------------------------------------------------------------
 _STAR, _ANY = object(), object()
 
 
-def _set(body: str):
-    if "-" not in body:
-        chunks = [body]
-    else:
-        chunks, a = [], 0
-        k = 2 if body[0] == "!" else 1
-        while True:
-            k = body.find("-", k)
-            if k < 0:
-                break
-            chunks.append(body[a:k])
-            a, k = k + 1, k + 3
-        rest = body[a:]
-        if rest:
-            chunks.append(rest)
-        else:
-            chunks[-1] += "-"
-        for k in range(len(chunks) - 1, 0, -1):
-            if chunks[k - 1][-1] > chunks[k][0]:
-                chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
-                del chunks[k]
-    text = "-".join(chunks)
-    if text == "":
-        return (False, [])          # matches nothing
-    if text == "!":
-        return (True, [])           # negated empty: any character
-    neg = text[0] == "!"
-    if neg:
-        chunks[0] = chunks[0][1:]
-    items, last = [], len(chunks) - 1
-    for t, c in enumerate(chunks):
-        lo = 1 if t > 0 and chunks[t - 1] != "" else 0
-        hi = len(c) - 1 if t < last and c != "" else len(c)
-        if t > 0 and chunks[t - 1] == "":
-            items.append(("-", "-"))
-        items.extend((ch, ch) for ch in c[lo:hi])
-        if t < last and c != "":
-            items.append((c[-1], chunks[t + 1][0]))
-    return (neg, items)
-
-
-def _tokens(pat: str) -> list:
+def glob_parse(pat: str) -> list:
+    """Tokens of a pattern; Invalid for an unclosed '[' or a reversed range (appendix B)."""
     out, i, n = [], 0, len(pat)
     while i < n:
         c = pat[i]
-        i += 1
         if c == "*":
             if not out or out[-1] is not _STAR:
                 out.append(_STAR)
+            i += 1
         elif c == "?":
             out.append(_ANY)
+            i += 1
         elif c == "[":
-            j = i
-            if j < n and pat[j] == "!":
+            j = i + 1
+            negate = j < n and pat[j] == "!"
+            if negate:
                 j += 1
+            start = j
             if j < n and pat[j] == "]":
                 j += 1
             while j < n and pat[j] != "]":
                 j += 1
             if j >= n:
-                out.append("[")
-            else:
-                out.append(_set(pat[i:j]))
-                i = j + 1
+                raise Invalid("'[' never closed")
+            body, members, k = pat[start:j], [], 0
+            while k < len(body):
+                if k + 2 < len(body) and body[k + 1] == "-":
+                    if body[k] > body[k + 2]:
+                        raise Invalid("reversed range")
+                    members.append((body[k], body[k + 2]))
+                    k += 3
+                else:
+                    members.append((body[k], body[k]))
+                    k += 1
+            out.append((negate, members))
+            i = j + 1
         else:
             out.append(c)
+            i += 1
     return out
+
+
+def glob_valid(pat: str) -> bool:
+    try:
+        glob_parse(pat)
+        return True
+    except Invalid:
+        return False
 
 
 def _one(tok, ch: str) -> bool:
@@ -696,15 +759,13 @@ def _one(tok, ch: str) -> bool:
     if type(tok) is str:
         return tok == ch
     neg, items = tok
-    inside = any(lo <= ch <= hi for lo, hi in items)
-    return inside != neg
+    return any(lo <= ch <= hi for lo, hi in items) != neg
 
 
 def glob_match(name: str, pat: str) -> bool:
-    toks = _tokens(pat)
-    # reach[j]: the first j characters can be matched by the tokens so far
-    reach = [True] + [False] * len(name)
-    for tok in toks:
+    """Invalid for an invalid pattern."""
+    reach = [True] + [False] * len(name)  # reach[j]: the first j characters can be matched so far
+    for tok in glob_parse(pat):
         if tok is _STAR:
             seen = False
             for j in range(len(name) + 1):
@@ -790,3 +851,24 @@ def dht_message(key: str, owner: bytes, entry: bytes, expiration: float) -> tupl
     inner = b"\x94" + pack(key_id) + pack(subkey_ser) + pack(value_ser) + b"\xcb" + struct.pack(">d", expiration)
     ext = (b"\xc7" + bytes([len(inner)]) if len(inner) <= 255 else b"\xc8" + struct.pack(">H", len(inner))) + b"\x40"
     return DHT + ext + inner, subkey_ser, value_ser
+
+
+# --- 13. the tally (seedswarm's local policy, as SPEC section 13 describes it) ------------------
+def tally(votes: dict, standing: dict, own_digest: bytes, me: bytes, cap: int = 16):
+    """votes: machine -> digest (one admissible vote each); standing: machine -> standing.
+    Returns (winner or None, leading weight, total, supporters, split)."""
+    weights: dict[bytes, int] = {}
+    voters: dict[bytes, list] = {}
+    for machine, digest in votes.items():
+        if machine == me:
+            continue
+        w = min(standing.get(machine, 0), cap)
+        if w > 0:
+            weights[digest] = weights.get(digest, 0) + w
+            voters.setdefault(digest, []).append((w, machine))
+    weights[own_digest] = weights.get(own_digest, 0) + max(min(standing.get(me, 0), cap), 1)
+    total = sum(weights.values())
+    lead, weight = max(weights.items(), key=lambda kv: (kv[1], kv[0]))
+    supporters = [m for w, m in sorted(voters.get(lead, []), key=lambda wm: (-wm[0], wm[1]))]
+    won = 2 * weight > total
+    return (lead if won else None), weight, total, supporters, not won
