@@ -32,6 +32,8 @@ def _sorted(obj: Any, depth: int = 0) -> Any:
         return {k: _sorted(obj[k], depth + 1) for k in sorted(obj, key=lambda k: k.encode("utf-8"))}
     if isinstance(obj, (list, tuple)):
         if all(type(v) in _FLAT for v in obj):
+            if obj and depth + 1 > MAX_DEPTH:
+                raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
             return obj  # nothing inside to sort (lists of records, ids: the common case)
         return [_sorted(v, depth + 1) for v in obj]
     return obj
@@ -53,6 +55,10 @@ def _depth(obj: Any, depth: int = 0) -> None:
             _depth(v, depth + 1)
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError("ext types are not part of the canonical encoding")  # max_ext_len=0 lets ext 0 bytes long through
+
+
 def unpack_canonical(data: object, max_bytes: int, what: str) -> Any:
     """Decode untrusted bytes that must be one canonical msgpack value of at most
     ``max_bytes`` bytes. Raises ProtocolError (only) for anything else."""
@@ -62,7 +68,8 @@ def unpack_canonical(data: object, max_bytes: int, what: str) -> Any:
     if len(data) > max_bytes:
         raise ProtocolError(f"{what} of {len(data)} bytes exceeds {max_bytes}")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, max_ext_len=0)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, max_ext_len=0,
+                              ext_hook=_no_ext)
     except Exception as exc:  # msgpack raises a zoo of types (and StackError) for bad input
         raise ProtocolError(f"{what} is not valid msgpack: {type(exc).__name__}") from None
     _depth(obj)

@@ -784,10 +784,7 @@ def test_equivocation_voids_one_slot_only():
 
 
 # ============================================================== where the reference deviates from SPEC.md
-# Reported to the lead; each is xfail(strict) so that the fix shows up as XPASS -> remove the mark.
-@pytest.mark.xfail(strict=True, reason="canonical.unpack_canonical accepts an empty ext8 (c7 00 tt): msgpack's "
-                                       "max_ext_len=0 lets a zero-length ext through and it re-encodes to itself; "
-                                       "SPEC 3 and canonical.py's docstring say no ext types")
+# Found by the independent implementation; both fixed in the reference, kept as regression tests.
 def test_reference_rejects_an_empty_ext_type():
     for data in (b"\xc7\x00\x05", b"\x91\xc7\x00\x05", b"\x81\xa1a\xc7\x00\x05"):
         with pytest.raises(ssv2.Invalid):
@@ -796,9 +793,6 @@ def test_reference_rejects_an_empty_ext_type():
             ref_canonical.unpack_canonical(data, 4096, "value")
 
 
-@pytest.mark.xfail(strict=True, reason="canonical.pack (since dab90fe) returns a list of scalars as is, skipping the "
-                                       "depth check: a scalar at depth 17 encodes, where SPEC 3 says no value is "
-                                       "deeper than 16 (decoders still refuse it)")
 def test_reference_encoder_refuses_depth_17():
     value = [1]
     for _ in range(16):
