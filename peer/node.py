@@ -374,16 +374,20 @@ class Node:
     async def _dht_loop(self) -> None:
         """Discovery and our member entry. The DHT is for finding each other, so once a peer
         has its neighbours it asks ever more rarely (discovery backs off while it finds no one
-        new; the member entry is refreshed every dht_refresh seconds)."""
+        new; the member entry is refreshed every dht_refresh seconds, and at most every 5 s
+        while the peer makes progress, so `seedswarm status` is never far behind)."""
         swarm, cfg = self.swarm, self.config
         rng = random.Random(self.machine)
         loop = asyncio.get_running_loop()
         seen: set[bytes] = set()
         discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
+        registered_step, last_register = -1, 0.0
         while True:
             try:
                 now = loop.time()
-                if now >= next_register:
+                progressed = self.core.sealed != registered_step and now >= last_register + min(5.0, cfg.dht_refresh)
+                if now >= next_register or progressed:  # `seedswarm status` sees progress within seconds
+                    registered_step, last_register = self.core.sealed, now
                     await self.dht.register(swarm, self._member_info(), ttl=3 * cfg.dht_refresh)
                     next_register = now + cfg.dht_refresh
                 starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
@@ -439,7 +443,7 @@ class Node:
         await self._linger()
         summary = dict(summary)
         summary.update(peer_id=str(self.identity.peer_id), swarm_id=self.swarm.hex(), loss=self.loss,
-                       ledger_records=len(self.history.ledger), **self._wire_fields())
+                       ledger_records=len(self.history.ledger), **self._record_fields(), **self._wire_fields())
         self._event("finished", **summary)
         return summary
 
@@ -452,6 +456,15 @@ class Node:
             if not behind:
                 return
             await asyncio.sleep(0.2)
+
+    def _record_fields(self) -> dict:
+        """Bytes per gradient of the records in our ledger: the one-byte payload and the signed record."""
+        records = list(self.history.ledger)
+        gradients = sum(len(r.grads) for r in records)
+        if not gradients:
+            return {"payload_bytes_per_gradient": None, "record_bytes_per_gradient": None}
+        return {"payload_bytes_per_gradient": round(sum(len(r.grads) for r in records) / gradients, 2),
+                "record_bytes_per_gradient": round(sum(len(r.encode()) for r in records) / gradients, 2)}
 
     def _wire_fields(self) -> dict:
         sent, received = self.wire or (None, None)

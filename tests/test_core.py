@@ -89,6 +89,29 @@ def test_the_same_events_give_the_same_actions():
 
 
 # --- rounds ----------------------------------------------------------------------------------------
+def test_a_peer_never_trains_alone_below_min_peers():
+    """Its only neighbour crashes: after one round's deadline the peer stops sealing, says it is
+    isolated, keeps what arrives, and resumes as soon as the neighbour trains again."""
+    from seedswarm.peer.core.events import LinkDown
+    d = training(1)
+    other = PEERS[0]
+    for step in (0, 1):
+        d.feed(Received(other.machine, Gossip((rec(other, step),))), 0.1)
+        d.feed(Tick(), 10)
+    assert {0, 1} <= {s.step for s in d.of(Seal)}
+    d.feed(LinkDown(other.machine), 0.1)
+    for _ in range(20):
+        d.feed(Tick(), 10)  # long past any deadline
+    sealed = max(s.step for s in d.of(Seal))
+    assert sealed <= 3, "sealed steps alone"
+    assert d.logs("isolated") and d.logs("isolated")[-1]["need"] == 2
+    d.link(other, sealed=sealed + 1, training=True)
+    d.feed(Received(other.machine, Gossip((rec(other, sealed + 1),))), 0.1)
+    for _ in range(3):
+        d.feed(Tick(), 10)
+    assert d.logs("resumed") and max(s.step for s in d.of(Seal)) > sealed
+
+
 def test_a_round_seals_as_soon_as_every_expected_author_is_in():
     d = training(2)
     for p in PEERS[:2]:

@@ -317,7 +317,8 @@ def test_a_hostile_peers_bytes_move_the_weights_no_further_than_an_honest_peers(
             bound = clip_bound(spec, values)
             effect = abs(step_gradients(spec, records)[[r.machine for r in records].index(h.machine)][0])
             assert effect <= bound <= spec.aggregation.clip_factor * sorted(abs(v) for v in values)[1]
-            assert effect < spec.codec.clip / 100  # its byte said "clip" (64): that counts for (almost) nothing
+            # its byte said "clip" (64): redescending, it counts bound^2 / 64, less than an honest gradient at the bound
+            assert effect <= bound * bound / spec.codec.clip * (1 + 1e-6) and effect < bound
             bounded += 1
     assert bounded >= steps // 3, "the stranger's records were in most steps"
 
@@ -333,11 +334,17 @@ def test_a_drifting_replica_heals_itself_from_the_majority(tiny_swarm, tmp_path)
     # while it trains, the swarm is visible to `seedswarm status` and `seedswarm swarms`
     exe = str(Path(sys.executable).with_name("seedswarm"))
     swarm = a.events()[0]["swarm_id"]
-    status = subprocess.run([exe, "status", "--initial-peers", *maddrs, "--swarm", swarm, "--json"],
-                            capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0, status.stderr
-    rows = json.loads(status.stdout)[swarm]
-    assert {r["name"] for r in rows} >= {"a", "b", "c"} and all(r["step"] >= 1 for r in rows)
+    deadline = time.monotonic() + 90  # member entries are refreshed every few seconds while peers progress
+    while True:
+        status = subprocess.run([exe, "status", "--initial-peers", *maddrs, "--swarm", swarm, "--json"],
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        rows = json.loads(status.stdout).get(swarm, [])
+        if ({r["name"] for r in rows} >= {"a", "b", "c"} and all(r["step"] >= 1 for r in rows)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert {r["name"] for r in rows} >= {"a", "b", "c"} and all(r["step"] >= 1 for r in rows), rows
     listing = subprocess.run([exe, "swarms", "--initial-peers", *maddrs, "--json"], capture_output=True, text=True,
                              timeout=120)
     assert listing.returncode == 0, listing.stderr

@@ -204,6 +204,7 @@ class SwarmCore:
         self._dialing: dict[bytes, float] = {}
         self._discovered = False                   # the first discovery round reported (even if empty)
         self._first_status: float | None = None
+        self._enough = True  # min_peers take part (see _enough_peers)
         self._statuses_seen = 0
         self._next_maintain = 0.0
         self._frontier_cache: tuple = (None, 0)
@@ -285,8 +286,12 @@ class SwarmCore:
         votes = [v for v in self.votes.recent(self.sealed - 8 * self.spec.digest_every) if v.machine == self.me]
         if votes:
             out.append(Send(peer, Votes(tuple(votes[-MAX_BATCH:]))))
-        pending = [r for step, r in sorted(self.own.items()) if step >= self.horizon]
-        if pending:  # our records of steps not sealed yet: a new neighbour may not have them
+        # our records of steps not sealed yet, and of the sealed steps a late record may still
+        # join: a new neighbour may not have them (after a crash, a record may never have left)
+        recent = [r for step in range(max(0, self.horizon - self.spec.late_window), self.horizon)
+                  for r in self.ledger.at(step) if r.machine == self.me]
+        pending = recent + [r for step, r in sorted(self.own.items()) if step >= self.horizon]
+        if pending:
             self.gossip.answer(peer, pending)
         self.gossip.introduce(peer, self.horizon - 1)  # the ids of the rounds in flight
 
@@ -939,6 +944,37 @@ class SwarmCore:
             sources.sort(key=lambda p: (-self.standing(p), -self.gossip.links[p].status.sealed, p))
             self._range = self._ask_range(sources[0], self.horizon, frontier, "catchup", out)
 
+    def _enough_peers(self, out: list) -> bool:
+        """A peer never trains alone while it believes it is in a swarm (``min_peers`` > 1): it
+        seals steps only while another peer takes part, counting the authors of
+        the last sealed step and of the step being collected, and the neighbours that say they
+        train (at step 0: those it started with). Below that it says so once
+        and waits (records that arrive meanwhile are kept); a neighbour catching up counts again
+        as soon as it trains."""
+        if self.cfg.min_peers <= 1:
+            return True
+        taking_part = {p for p, link in self.gossip.links.items()
+                       if link.status is not None and (link.status.training or self.horizon == 0)}
+        for step in (self.horizon - 1, self.horizon):
+            if step >= 0:
+                taking_part |= {r.machine for r in self.ledger.applicable(step)}
+        taking_part.add(self.me)
+        taking_part -= self.departed.keys()
+        need = min(self.cfg.min_peers, 2)
+        enough = len(taking_part) >= need
+        if enough != self._enough:
+            self._enough = enough
+            if enough:
+                out.append(Log("resumed", {"step": self.horizon, "peers": len(taking_part)}))
+            else:
+                out.append(Log("isolated", {"step": self.horizon, "peers": len(taking_part), "need": need,
+                                            "neighbours": len(self.gossip.links),
+                                            "reason": "no other peer takes part; waiting for them"}))
+        if not enough and self.round is not None and self.round.step == self.horizon:
+            self.round.started = self.now  # the round's wait starts when peers are back
+            self.round.first_seen = None
+        return enough
+
     def _barrier(self, out: list) -> None:
         """A fresh swarm starts when min_peers peers are linked; a swarm already under way is
         joined where it is."""
@@ -1017,7 +1053,7 @@ class SwarmCore:
                 out.append(Log("behind", {"sealed": self.horizon, "frontier": frontier}))
                 self.phase = "sync"
                 self._sync(out)
-            else:
+            elif self._enough_peers(out):
                 self._try_seal(out)
         self._flush_late(out)
         self._cast_due(out)
