@@ -20,6 +20,10 @@ its kind. Every decoder here raises only ProtocolError and returns immutable val
                                      members it knows (so a peer knows who its neighbours are
                                      linked to, and pushes a record only where it is missing)
     ["bye"]                          the sender leaves the swarm
+    ["left",   step, [machine, ...]] these members left while the swarm collected ``step``:
+                                     their links closed without a record of that step (at
+                                     most MAX_LEFT; a hint that shortens rounds, never
+                                     evidence: see SPEC 12)
 
 A vote says "after ``step`` sealed steps my weights hash to ``digest``", signed::
 
@@ -41,6 +45,7 @@ from .records import MAX_TICKET_BYTES, RID_BYTES, Record, decode_record
 
 MAX_BATCH = 256          # records, rids, votes or peers per message
 MAX_RANGE = 64           # steps per range request
+MAX_LEFT = 64            # machines per departure notice
 MAX_MESSAGE_BYTES = 1 << 20
 VOTE_VERSION = 2
 _U64 = (1 << 64) - 1
@@ -154,7 +159,13 @@ class Bye:
     pass
 
 
-Message = Status | Gossip | RangeRequest | RangeReply | Votes | Peers | Bye
+@dataclass(frozen=True)
+class Left:
+    step: int                              # the step the swarm was collecting when they left
+    machines: tuple[bytes, ...]
+
+
+Message = Status | Gossip | RangeRequest | RangeReply | Votes | Peers | Bye | Left
 
 
 def encode_message(msg: Message) -> bytes:
@@ -172,6 +183,8 @@ def encode_message(msg: Message) -> bytes:
         obj = ["peers", list(msg.neighbours), list(msg.others)]
     elif isinstance(msg, Bye):
         obj = ["bye"]
+    elif isinstance(msg, Left):
+        obj = ["left", msg.step, list(msg.machines)]
     else:
         raise TypeError(f"not a message: {msg!r}")
     return pack(obj)
@@ -214,7 +227,7 @@ def _rids(value: object, what: str) -> tuple[bytes, ...]:
     return tuple(items)
 
 
-_ARITY = {"status": 5, "gossip": 4, "range": 3, "ranged": 5, "votes": 2, "peers": 3, "bye": 1}
+_ARITY = {"status": 5, "gossip": 4, "range": 3, "ranged": 5, "votes": 2, "peers": 3, "bye": 1, "left": 3}
 
 
 def decode_message(data: object) -> Message:
@@ -252,4 +265,12 @@ def decode_message(data: object) -> Message:
     if kind == "peers":
         neighbours, others = _items(obj[1], "neighbours"), _items(obj[2], "peers")
         return Peers(tuple(check_machine_id(m) for m in neighbours), tuple(check_machine_id(m) for m in others))
+    if kind == "left":
+        step = _uint(obj[1], "left step")
+        if type(obj[2]) is not list or not 1 <= len(obj[2]) <= MAX_LEFT:
+            raise ProtocolError(f"a departure notice names 1..{MAX_LEFT} machines")
+        machines = tuple(check_machine_id(m) for m in obj[2])
+        if len(set(machines)) != len(machines):
+            raise ProtocolError("a departure notice names a machine twice")
+        return Left(step, machines)
     return Bye()

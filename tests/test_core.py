@@ -89,6 +89,32 @@ def test_the_same_events_give_the_same_actions():
 
 
 # --- rounds ----------------------------------------------------------------------------------------
+def test_a_departure_notice_ends_the_wait_for_a_crashed_author():
+    """A neighbour's link dies while the round waits for its record: the peer tells its other
+    neighbours (they would wait a deadline for a record that cannot come) and stops waiting;
+    a notice about a member we are linked to is ignored; the member's next record cancels it."""
+    from seedswarm.peer.core.events import LinkDown
+    from seedswarm.protocol.messages import Left
+    d = training(3)
+    for p in PEERS[:3]:
+        d.feed(Received(p.machine, Gossip((rec(p, 0),))), 0.1)
+    d.feed(Tick(), 10)
+    assert any(s.step == 0 for s in d.of(Seal))
+    # step 1: two authors are in, PEERS[0] crashes before its record
+    for p in PEERS[1:3]:
+        d.feed(Received(p.machine, Gossip((rec(p, 1),))), 0.1)
+    assert not any(s.step == 1 for s in d.of(Seal))
+    sent = d.feed(LinkDown(PEERS[0].machine), 0.1)
+    notices = [a for a in sent if isinstance(a, Send) and isinstance(a.message, Left)]
+    assert {a.peer for a in notices} == {PEERS[1].machine, PEERS[2].machine}
+    assert notices[0].message == Left(1, (PEERS[0].machine,))
+    assert any(s.step == 1 for s in d.of(Seal))  # no deadline waited
+    # a notice about a linked neighbour is ignored and not forwarded
+    out = d.feed(Received(PEERS[1].machine, Left(3, (PEERS[2].machine,))), 0.1)
+    assert not [a for a in out if isinstance(a, Send) and isinstance(a.message, Left)]
+    assert PEERS[2].machine in d.core.round.expected
+
+
 def test_a_peer_never_trains_alone_below_min_peers():
     """Its only neighbour crashes: after one round's deadline the peer stops sealing, says it is
     isolated, keeps what arrives, and resumes as soon as the neighbour trains again."""

@@ -28,7 +28,7 @@ from seedswarm.protocol.canonical import MAX_DEPTH, pack, unpack_canonical
 from seedswarm.protocol.identity import (MACHINE_PREFIX, POW_NONCE_BYTES, check_machine_id, check_ticket,
                                          issue_member_ticket, leading_zero_bits, machine_id, pow_digest, solve_pow)
 from seedswarm.protocol.ledger import DUPLICATE, EQUIVOCATION, HEADER, NEW, REDUNDANT, DiskWriteError, entry
-from seedswarm.protocol.messages import (MAX_BATCH, MAX_MESSAGE_BYTES, MAX_RANGE, Bye, Gossip, Peers, RangeReply,
+from seedswarm.protocol.messages import (MAX_BATCH, MAX_LEFT, MAX_MESSAGE_BYTES, MAX_RANGE, Bye, Gossip, Left, Peers, RangeReply,
                                          RangeRequest, Status, Vote, Votes, decode_message, decode_vote,
                                          encode_message)
 from seedswarm.protocol.records import MAX_RECORD_BYTES, MAX_SAMPLES, MAX_TICKET_BYTES
@@ -724,7 +724,8 @@ def test_vote_roundtrip_and_signature():
 MESSAGES = [Status(3, 1, 2, 150), Status(2**64 - 1, 0, 0, 0), Gossip((record(A, 1), record(B, 2)), (bytes(16),), ()),
             Gossip(), RangeRequest(0, MAX_RANGE), RangeRequest(5, 6),
             RangeReply(3, 5, True, (record(A, 3), record(B, 4))),
-            RangeReply(7, 7, False, ()), Votes((vote(A), vote(B))), Peers((A.machine,), (B.machine,)), Bye()]
+            RangeReply(7, 7, False, ()), Votes((vote(A), vote(B))), Peers((A.machine,), (B.machine,)), Bye(),
+            Left(12, (A.machine, B.machine)), Left(0, (A.machine,))]
 
 
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
@@ -746,6 +747,8 @@ def test_message_limits_and_range_bounds():
         ["votes", [vote(A).encode()] * (MAX_BATCH + 1)], ["votes", [r]],
         ["peers", [b"x"], []], ["peers", [A.machine.hex()], []], ["peers", [A.machine]],
         ["peers", [A.machine] * (MAX_BATCH + 1), []], ["peers", [], [A.machine] * (MAX_BATCH + 1)], ["bye", 0], ["hello"], [], [1], {"kind": "bye"}, "bye",
+        ["left", 3, []], ["left", 3, [A.machine, A.machine]], ["left", -1, [A.machine]], ["left", 3, [b"x"]],
+        ["left", 3, [Signer(i.to_bytes(32, "big")).machine for i in range(1, MAX_LEFT + 2)]], ["left", 3, A.machine], ["left", 3], ["left", True, [A.machine]],
     ]
     for obj in bad:
         rejects(decode_message, enc(obj))

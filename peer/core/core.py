@@ -49,7 +49,7 @@ from ...protocol.admission import check_record, check_vote
 from ...protocol.errors import ProtocolError
 from ...protocol.identity import Signer
 from ...protocol.ledger import DUPLICATE, EQUIVOCATION, NEW, REDUNDANT, Ledger
-from ...protocol.messages import (MAX_BATCH, MAX_RANGE, Bye, Gossip as GossipFrame, Peers, RangeReply, RangeRequest,
+from ...protocol.messages import (MAX_BATCH, MAX_LEFT, MAX_RANGE, Bye, Gossip as GossipFrame, Left, Peers, RangeReply, RangeRequest,
                                   Status, Vote, Votes)
 from ...protocol.records import Record
 from ...protocol.spec import SwarmSpec
@@ -112,6 +112,8 @@ class _Round:
     ahead: set[bytes]              # ... who published for a step that shows they sealed this one
     fresh: bool = False            # no history to say who trains (a new swarm): wait the full deadline
     first_seen: float | None = None
+    excused: int = 0               # missing authors no longer waited for on a departure notice
+    late_waited: set[bytes] = field(default_factory=set)  # late authors we chose to wait for
 
 
 @dataclass
@@ -205,6 +207,10 @@ class SwarmCore:
         self._discovered = False                   # the first discovery round reported (even if empty)
         self._first_status: float | None = None
         self._enough = True  # min_peers take part (see _enough_peers)
+        self._closing: set[bytes] = set()          # links we close ourselves
+        self._said_publishing = False
+        self._unpunctual: set[bytes] = set()       # late authors waited for in vain: not again until on time
+        self._left_of: dict[bytes, int] = {}       # departure notices: machine -> first step it misses
         self._statuses_seen = 0
         self._next_maintain = 0.0
         self._frontier_cache: tuple = (None, 0)
@@ -231,7 +237,7 @@ class SwarmCore:
             elif isinstance(event, LinkUp):
                 self._link_up(event.peer, out)
             elif isinstance(event, LinkDown):
-                self._link_down(event.peer)
+                self._link_down(event.peer, out)
             out.extend(Send(p, m) for p, m in self.gossip.flush(now))
             return out
         if isinstance(event, Received):
@@ -239,7 +245,7 @@ class SwarmCore:
         elif isinstance(event, LinkUp):
             self._link_up(event.peer, out)
         elif isinstance(event, LinkDown):
-            self._link_down(event.peer)
+            self._link_down(event.peer, out)
         elif isinstance(event, Malformed):
             self._blame(event.peer, f"malformed frame ({event.reason})", out)
         elif isinstance(event, PeersFound):
@@ -275,7 +281,7 @@ class SwarmCore:
         if (peer == self.me or self.banned.get(peer, 0) > self.now or peer in self.gossip.links
                 or len(self.gossip.links) >= self.cfg.max_accept):
             if peer not in self.gossip.links:
-                out.append(Disconnect(peer))
+                self._disconnect(peer, out)
             return
         self.gossip.add_link(peer, self.now)
         self.known.setdefault(peer, self.now)
@@ -295,11 +301,57 @@ class SwarmCore:
             self.gossip.answer(peer, pending)
         self.gossip.introduce(peer, self.horizon - 1)  # the ids of the rounds in flight
 
-    def _link_down(self, peer: bytes) -> None:
-        if peer in self.gossip.links:
+    def _link_down(self, peer: bytes, out: list) -> None:
+        link = self.gossip.links.get(peer)
+        if link is not None:
             self._links_changed = True
+            if link.status is not None and peer not in self._closing:
+                self._neighbour_left(peer, out)  # it crashed, or the network between us failed
+        self._closing.discard(peer)
         self.gossip.drop_link(peer)
         self._dialing.pop(peer, None)
+
+    def _disconnect(self, peer: bytes, out: list) -> None:
+        """We close this link (its LinkDown says nothing about the peer's health)."""
+        self._closing.add(peer)
+        out.append(Disconnect(peer))
+
+    # ================================================================================ departures
+    def _neighbour_left(self, peer: bytes, out: list) -> None:
+        """A neighbour the round waits for is gone (link lost, or it said bye): tell the swarm, so
+        that nobody waits a deadline for a record that cannot come. Only its neighbours see it go."""
+        rnd = self.round
+        if rnd is None or self.phase != "train" or peer not in rnd.expected:
+            return
+        step = rnd.step if peer in rnd.missing else rnd.step + 1  # the first step it will miss
+        self._accept_left(peer, step, None, out)
+
+    def _left(self, sender: bytes, msg: Left, out: list) -> None:
+        """A departure notice is a hint, never evidence: a member we are linked to is alive to us
+        (ignored, not forwarded); a notice shortens at most a few waits per round (so a liar can
+        only make some records late, never lost: they are admitted as late records); a record
+        of the member at or after that step cancels it."""
+        if not self.horizon - self.spec.late_window <= msg.step <= self.horizon + self.spec.future_window:
+            return
+        for machine in msg.machines:
+            self._accept_left(machine, msg.step, sender, out)
+
+    def _accept_left(self, machine: bytes, step: int, sender: bytes | None, out: list) -> None:
+        if machine == self.me or self._left_of.get(machine, -1) >= step:
+            return
+        if sender is not None and machine in self.gossip.links:
+            return  # alive to us
+        rnd = self.round
+        if rnd is not None and machine in rnd.missing and rnd.step >= step:
+            if rnd.excused >= max(4, len(rnd.expected) // 32):
+                return  # more departures in one round than churn explains: wait for the rest
+            rnd.excused += 1
+        if rnd is not None and rnd.step >= step:
+            rnd.missing.discard(machine)
+            rnd.expected.discard(machine)
+        self._left_of[machine] = step  # (not `departed`: it stays a member we may dial, e.g. after a partition)
+        notice = Left(step, (machine,))
+        out.extend(Send(p, notice) for p in self.gossip.links if p != sender and p != machine)
 
     def _peers_message(self, to: bytes) -> Peers:
         """Our neighbours (so ``to`` knows whom we get records from directly) and a sample of
@@ -326,8 +378,10 @@ class SwarmCore:
         self._next_maintain = now + 0.5
         for peer, link in list(self.gossip.links.items()):
             if now - link.last_heard > self.cfg.link_timeout:
+                if link.status is not None:
+                    self._neighbour_left(peer, out)  # silent this long: as good as gone
                 self.gossip.drop_link(peer)
-                out.append(Disconnect(peer))
+                self._disconnect(peer, out)
         for peer, since in list(self._dialing.items()):
             if now - since > self.cfg.dial_timeout:
                 del self._dialing[peer]
@@ -339,8 +393,13 @@ class SwarmCore:
                 self._dialing[peer] = now
                 out.append(Connect(peer))
 
+    def _publishing(self) -> bool:
+        """What our status's training flag says: we publish records now (a peer that has just
+        caught up publishes from _first_own on; until then nobody should wait for it)."""
+        return self.cfg.training and self.phase == "train" and self.horizon >= self._first_own
+
     def _status(self) -> Status:
-        training = self.cfg.training and self.phase == "train"
+        training = self._publishing()
         ckpt = self.sealed // self.cfg.checkpoint_every * self.cfg.checkpoint_every
         return Status(self.sealed, Status.TRAINING if training else 0, ckpt, int(self.step_time * 1000))
 
@@ -382,13 +441,16 @@ class SwarmCore:
         elif isinstance(msg, Peers):
             link.neighbours = frozenset(msg.neighbours)
             self._learn_peers(msg.machines[:64])
+        elif isinstance(msg, Left):
+            self._left(peer, msg, out)
         elif isinstance(msg, Bye):
+            self._neighbour_left(peer, out)
             self.departed[peer] = self.now
             self.gossip.drop_link(peer)
             if self.round is not None:
                 self.round.missing.discard(peer)
                 self.round.expected.discard(peer)
-            out.append(Disconnect(peer))
+            self._disconnect(peer, out)
 
     def _holds(self, rid: bytes) -> bool:
         return self.gossip.step_of(rid) is not None
@@ -404,7 +466,7 @@ class SwarmCore:
         if self.rejects_from[peer] % self.cfg.max_rejects == 0 and peer in self.gossip.links:
             self.banned[peer] = self.now + self.cfg.ban_seconds
             self.gossip.drop_link(peer)
-            out.append(Disconnect(peer))
+            self._disconnect(peer, out)
             out.append(Log("banned", {"peer": peer.hex(), "last_reason": reason}))
 
     def _refuse(self, author: bytes, reason: str) -> None:
@@ -555,6 +617,7 @@ class SwarmCore:
             expected.add(self.me)
         expected -= self.departed.keys()
         expected -= self.equivocators.keys()
+        expected -= {m for m, left in self._left_of.items() if left <= step}
         present = {r.machine for r in self.ledger.applicable(step)}
         ahead: set[bytes] = set()
         for s in range(step + 1 + self.spec.delay, self.horizon + self.spec.future_window + 1):
@@ -574,6 +637,9 @@ class SwarmCore:
             # late ones included (so a slow author is waited for); what a range fetch brings, a
             # record more than a step late, or a newcomer's first record says nothing about that
             self._arrivals.append(max(0.0, self.now - started[0]))
+        left = self._left_of.get(record.machine)
+        if left is not None and record.step >= left:  # a departure notice was wrong (or it is back)
+            del self._left_of[record.machine]
         rnd = self.round
         if rnd is None:
             return
@@ -583,13 +649,17 @@ class SwarmCore:
             rnd.expected.discard(record.machine)
             return
         if record.step == rnd.step:
+            self._unpunctual.discard(record.machine)
             rnd.missing.discard(record.machine)
             rnd.expected.add(record.machine)
             if rnd.first_seen is None:
                 rnd.first_seen = self.now
         elif record.step >= rnd.step + 1 + self.spec.delay and record.machine in rnd.expected:
             rnd.ahead.add(record.machine)
-        elif rnd.step - 2 <= record.step < rnd.step and record.machine not in rnd.expected:
+        elif (rnd.step - 2 <= record.step < rnd.step and record.machine not in rnd.expected
+              and record.machine not in self._unpunctual
+              and self._left_of.get(record.machine, rnd.step + 1) > rnd.step):
+            rnd.late_waited.add(record.machine)
             # a late author is alive: wait for it this round too
             rnd.expected.add(record.machine)
             if not any(r.machine == record.machine for r in self.ledger.applicable(rnd.step)):
@@ -639,6 +709,9 @@ class SwarmCore:
             self._issue_seal(rnd.step, out)
 
     def _issue_seal(self, step: int, out: list) -> None:
+        rnd = self.round
+        if rnd is not None and rnd.step == step:
+            self._unpunctual |= rnd.late_waited & rnd.missing  # waited for, late again: not next time
         out.append(Seal(step, tuple(self.ledger.at(step))))
         self.horizon = step + 1
         self.own.pop(step, None)
@@ -677,6 +750,8 @@ class SwarmCore:
             return
         self.gossip.forget_before(low)
         self.votes.forget_before(low - 8 * self.spec.digest_every)
+        if self._left_of and min(self._left_of.values()) < low:
+            self._left_of = {m: step for m, step in self._left_of.items() if step >= low}
         steps = self.ledger.steps()
         if steps and steps[0] < low - 16:  # trimmed in batches
             self.ledger = Ledger(self.ledger.ordered(low))
@@ -1068,7 +1143,8 @@ class SwarmCore:
         self._finish(out)
         self.gossip.urgent_step = self.horizon
         out.extend(Send(p, m) for p, m in self.gossip.flush(now))
-        if now >= self._next_status:
+        if now >= self._next_status or self._publishing() != self._said_publishing:
+            self._said_publishing = self._publishing()  # neighbours learn at once when to expect us
             self._next_status = now + self.cfg.status_interval
             status = self._status()
             out.extend(Send(p, status) for p in self.gossip.links)
