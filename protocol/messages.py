@@ -6,9 +6,12 @@ its kind. Every decoder here raises only ProtocolError and returns immutable val
 
     ["status", sealed, flags, checkpoint, step_time_ms]     liveness and progress (flags bit 0:
                                      the sender is training)
-    ["gossip", [record, ...], [rid, ...], [rid, ...]]
+    ["gossip", [record, ...], [rid, ...], [rid, ...], [[machine, step], ...]]
                                      records pushed whole, ids of records the sender holds
-                                     (lazy push), ids it asks for (each list <= MAX_BATCH)
+                                     (lazy push), ids it asks for (each list <= MAX_BATCH), and
+                                     departures: members whose link closed without a record of
+                                     ``step`` (at most MAX_LEFT; a hint that shortens rounds,
+                                     never evidence: see SPEC 12)
     ["range",  first, last]          ask for every record of steps first..last-1 the receiver
                                      holds (at most MAX_RANGE steps)
     ["ranged", first, last, more, [record, ...]]   the answer, in one or more frames: the
@@ -20,10 +23,6 @@ its kind. Every decoder here raises only ProtocolError and returns immutable val
                                      members it knows (so a peer knows who its neighbours are
                                      linked to, and pushes a record only where it is missing)
     ["bye"]                          the sender leaves the swarm
-    ["left",   step, [machine, ...]] these members left while the swarm collected ``step``:
-                                     their links closed without a record of that step (at
-                                     most MAX_LEFT; a hint that shortens rounds, never
-                                     evidence: see SPEC 12)
 
 A vote says "after ``step`` sealed steps my weights hash to ``digest``", signed::
 
@@ -45,7 +44,7 @@ from .records import MAX_TICKET_BYTES, RID_BYTES, Record, decode_record
 
 MAX_BATCH = 256          # records, rids, votes or peers per message
 MAX_RANGE = 64           # steps per range request
-MAX_LEFT = 64            # machines per departure notice
+MAX_LEFT = MAX_BATCH     # departures per gossip frame
 MAX_MESSAGE_BYTES = 1 << 20
 VOTE_VERSION = 2
 _U64 = (1 << 64) - 1
@@ -123,6 +122,7 @@ class Gossip:
     records: tuple[Record, ...] = ()   # pushed whole
     have: tuple[bytes, ...] = ()       # ids of records the sender holds
     want: tuple[bytes, ...] = ()       # ids the sender asks for
+    left: tuple[tuple[bytes, int], ...] = ()  # (machine, first step it misses): departures
 
 
 @dataclass(frozen=True)
@@ -159,20 +159,15 @@ class Bye:
     pass
 
 
-@dataclass(frozen=True)
-class Left:
-    step: int                              # the step the swarm was collecting when they left
-    machines: tuple[bytes, ...]
-
-
-Message = Status | Gossip | RangeRequest | RangeReply | Votes | Peers | Bye | Left
+Message = Status | Gossip | RangeRequest | RangeReply | Votes | Peers | Bye
 
 
 def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Status):
         obj = ["status", msg.sealed, msg.flags, msg.checkpoint, msg.step_time_ms]
     elif isinstance(msg, Gossip):
-        obj = ["gossip", [r.encode() for r in msg.records], list(msg.have), list(msg.want)]
+        obj = ["gossip", [r.encode() for r in msg.records], list(msg.have), list(msg.want),
+               [[machine, step] for machine, step in msg.left]]
     elif isinstance(msg, RangeRequest):
         obj = ["range", msg.first, msg.last]
     elif isinstance(msg, RangeReply):
@@ -183,8 +178,6 @@ def encode_message(msg: Message) -> bytes:
         obj = ["peers", list(msg.neighbours), list(msg.others)]
     elif isinstance(msg, Bye):
         obj = ["bye"]
-    elif isinstance(msg, Left):
-        obj = ["left", msg.step, list(msg.machines)]
     else:
         raise TypeError(f"not a message: {msg!r}")
     return pack(obj)
@@ -204,8 +197,13 @@ def encoded_size(msg: Message) -> int:
     if isinstance(msg, Gossip):
         return (1 + 7 + _array_size(len(msg.records)) + sum(_bin_size(len(r.encoded)) for r in msg.records)
                 + _array_size(len(msg.have)) + len(msg.have) * _bin_size(16)
-                + _array_size(len(msg.want)) + len(msg.want) * _bin_size(16))
+                + _array_size(len(msg.want)) + len(msg.want) * _bin_size(16)
+                + _array_size(len(msg.left)) + sum(1 + _bin_size(len(m)) + _uint_size(s) for m, s in msg.left))
     return len(encode_message(msg))
+
+
+def _uint_size(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 1 << 32 else 9
 
 
 def _uint(value: object, what: str) -> int:
@@ -227,7 +225,20 @@ def _rids(value: object, what: str) -> tuple[bytes, ...]:
     return tuple(items)
 
 
-_ARITY = {"status": 5, "gossip": 4, "range": 3, "ranged": 5, "votes": 2, "peers": 3, "bye": 1, "left": 3}
+def _departures(value: object) -> tuple[tuple[bytes, int], ...]:
+    if type(value) is not list or len(value) > MAX_LEFT:
+        raise ProtocolError(f"departures must be a list of at most {MAX_LEFT} items")
+    out = []
+    for item in value:
+        if type(item) is not list or len(item) != 2:
+            raise ProtocolError("a departure is [machine, step]")
+        out.append((check_machine_id(item[0]), _uint(item[1], "departure step")))
+    if len({m for m, _ in out}) != len(out):
+        raise ProtocolError("a frame names a departed machine twice")
+    return tuple(out)
+
+
+_ARITY = {"status": 5, "gossip": 5, "range": 3, "ranged": 5, "votes": 2, "peers": 3, "bye": 1}
 
 
 def decode_message(data: object) -> Message:
@@ -246,7 +257,7 @@ def decode_message(data: object) -> Message:
         return Status(sealed, flags, checkpoint, step_time_ms)
     if kind == "gossip":
         return Gossip(tuple(decode_record(r) for r in _items(obj[1], "records")), _rids(obj[2], "have"),
-                      _rids(obj[3], "want"))
+                      _rids(obj[3], "want"), _departures(obj[4]))
     if kind == "range":
         first, last = _uint(obj[1], "range first"), _uint(obj[2], "range last")
         if not first < last <= first + MAX_RANGE:
@@ -265,12 +276,4 @@ def decode_message(data: object) -> Message:
     if kind == "peers":
         neighbours, others = _items(obj[1], "neighbours"), _items(obj[2], "peers")
         return Peers(tuple(check_machine_id(m) for m in neighbours), tuple(check_machine_id(m) for m in others))
-    if kind == "left":
-        step = _uint(obj[1], "left step")
-        if type(obj[2]) is not list or not 1 <= len(obj[2]) <= MAX_LEFT:
-            raise ProtocolError(f"a departure notice names 1..{MAX_LEFT} machines")
-        machines = tuple(check_machine_id(m) for m in obj[2])
-        if len(set(machines)) != len(machines):
-            raise ProtocolError("a departure notice names a machine twice")
-        return Left(step, machines)
     return Bye()

@@ -270,7 +270,7 @@ def main() -> None:
 
     # --- link messages ------------------------------------------------------------------------
     msgs = {
-        "status": Status(42, 1, 40, 1234), "gossip": Gossip((rec,), (records[1].rid,), (records[2].rid,)),
+        "status": Status(42, 1, 40, 1234), "gossip": Gossip((rec,), (records[1].rid,), (records[2].rid,), ((c.machine, 13),)),
         "range": RangeRequest(10, 74), "ranged": RangeReply(12, 13, False, (records[0],)),
         "votes": Votes((vote,)), "peers": Peers((b.machine,), (c.machine, authority.machine)), "bye": Bye(),
     }

@@ -94,7 +94,6 @@ def test_a_departure_notice_ends_the_wait_for_a_crashed_author():
     neighbours (they would wait a deadline for a record that cannot come) and stops waiting;
     a notice about a member we are linked to is ignored; the member's next record cancels it."""
     from seedswarm.peer.core.events import LinkDown
-    from seedswarm.protocol.messages import Left
     d = training(3)
     for p in PEERS[:3]:
         d.feed(Received(p.machine, Gossip((rec(p, 0),))), 0.1)
@@ -105,13 +104,15 @@ def test_a_departure_notice_ends_the_wait_for_a_crashed_author():
         d.feed(Received(p.machine, Gossip((rec(p, 1),))), 0.1)
     assert not any(s.step == 1 for s in d.of(Seal))
     sent = d.feed(LinkDown(PEERS[0].machine), 0.1)
-    notices = [a for a in sent if isinstance(a, Send) and isinstance(a.message, Left)]
+    sent += d.feed(Tick(), 0.3)  # (the next frame)
+    notices = [a for a in sent if isinstance(a, Send) and isinstance(a.message, Gossip) and a.message.left]
     assert {a.peer for a in notices} == {PEERS[1].machine, PEERS[2].machine}
-    assert notices[0].message == Left(1, (PEERS[0].machine,))
+    assert notices[0].message.left == ((PEERS[0].machine, 1),)
     assert any(s.step == 1 for s in d.of(Seal))  # no deadline waited
-    # a notice about a linked neighbour is ignored and not forwarded
-    out = d.feed(Received(PEERS[1].machine, Left(3, (PEERS[2].machine,))), 0.1)
-    assert not [a for a in out if isinstance(a, Send) and isinstance(a.message, Left)]
+    # a notice about a linked neighbour is ignored and not passed on
+    out = d.feed(Received(PEERS[1].machine, Gossip(left=((PEERS[2].machine, d.core.horizon),))), 0.1)
+    out += d.feed(Tick(), 1.0)
+    assert not [a for a in out if isinstance(a, Send) and isinstance(a.message, Gossip) and a.message.left]
     assert PEERS[2].machine in d.core.round.expected
 
 

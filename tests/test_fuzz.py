@@ -191,8 +191,8 @@ DECODERS = {
         BYTES_DEEP + [enc([2, 0, deep_array(100), 0, A.machine, b"", bytes(64)])]),
     "message": Decoder(
         decode_message, _message, [encode_message(m) for m in MESSAGES], _canonical_tree, enc,
-        BYTES_DEEP + [enc(["gossip", deep_array(DEEP), [], []]), enc(["gossip", [], [deep_map(DEEP)], []]),
-                      enc(["gossip", [enc(deep_array(DEEP))], [], []]), enc(["votes", [enc(deep_array(300))]])]),
+        BYTES_DEEP + [enc(["gossip", deep_array(DEEP), [], [], []]), enc(["gossip", [], [deep_map(DEEP)], [], []]),
+                      enc(["gossip", [enc(deep_array(DEEP))], [], [], []]), enc(["votes", [enc(deep_array(300))]])]),
     "spec-canonical": Decoder(
         SwarmSpec.from_canonical, _spec_canonical, [s.canonical_bytes() for s in SPECS], _canonical_tree, enc,
         BYTES_DEEP + [_spec_with_options(enc, o=deep_array(DEEP)), _spec_with_options(enc, o=deep_array(14))]),

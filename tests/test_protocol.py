@@ -28,7 +28,7 @@ from seedswarm.protocol.canonical import MAX_DEPTH, pack, unpack_canonical
 from seedswarm.protocol.identity import (MACHINE_PREFIX, POW_NONCE_BYTES, check_machine_id, check_ticket,
                                          issue_member_ticket, leading_zero_bits, machine_id, pow_digest, solve_pow)
 from seedswarm.protocol.ledger import DUPLICATE, EQUIVOCATION, HEADER, NEW, REDUNDANT, DiskWriteError, entry
-from seedswarm.protocol.messages import (MAX_BATCH, MAX_LEFT, MAX_MESSAGE_BYTES, MAX_RANGE, Bye, Gossip, Left, Peers, RangeReply,
+from seedswarm.protocol.messages import (MAX_BATCH, MAX_LEFT, MAX_MESSAGE_BYTES, MAX_RANGE, Bye, Gossip, Peers, RangeReply,
                                          RangeRequest, Status, Vote, Votes, decode_message, decode_vote,
                                          encode_message)
 from seedswarm.protocol.records import MAX_RECORD_BYTES, MAX_SAMPLES, MAX_TICKET_BYTES
@@ -725,7 +725,7 @@ MESSAGES = [Status(3, 1, 2, 150), Status(2**64 - 1, 0, 0, 0), Gossip((record(A, 
             Gossip(), RangeRequest(0, MAX_RANGE), RangeRequest(5, 6),
             RangeReply(3, 5, True, (record(A, 3), record(B, 4))),
             RangeReply(7, 7, False, ()), Votes((vote(A), vote(B))), Peers((A.machine,), (B.machine,)), Bye(),
-            Left(12, (A.machine, B.machine)), Left(0, (A.machine,))]
+            Gossip((), (), (bytes(16),), ((A.machine, 12), (B.machine, 2**64 - 1)))]
 
 
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
@@ -738,8 +738,8 @@ def test_message_limits_and_range_bounds():
     r = record(A, 3).encode()
     many = [r] * (MAX_BATCH + 1)
     bad = [
-        ["gossip", many, [], []], ["gossip", [], [bytes(16)] * (MAX_BATCH + 1), []], ["gossip", [], [bytes(15)], []],
-        ["gossip", [], [], ["x" * 16]], ["gossip", [b"junk"], [], []], ["gossip", [r], []],
+        ["gossip", many, [], [], []], ["gossip", [], [bytes(16)] * (MAX_BATCH + 1), [], []], ["gossip", [], [bytes(15)], [], []],
+        ["gossip", [], [], ["x" * 16], []], ["gossip", [b"junk"], [], [], []], ["gossip", [r], [], []], ["gossip", [r], [], [], [], []],
         ["range", 5, 5], ["range", 6, 5], ["range", 0, MAX_RANGE + 1], ["range", -1, 3], ["range", 0, True],
         ["ranged", 0, MAX_RANGE + 1, False, []], ["ranged", 5, 4, False, []], ["ranged", 0, 3, 1, []],
         ["ranged", 0, 3, False, [r]], ["ranged", 4, 9, False, [r]], ["ranged", 0, 3, False, many],
@@ -747,13 +747,15 @@ def test_message_limits_and_range_bounds():
         ["votes", [vote(A).encode()] * (MAX_BATCH + 1)], ["votes", [r]],
         ["peers", [b"x"], []], ["peers", [A.machine.hex()], []], ["peers", [A.machine]],
         ["peers", [A.machine] * (MAX_BATCH + 1), []], ["peers", [], [A.machine] * (MAX_BATCH + 1)], ["bye", 0], ["hello"], [], [1], {"kind": "bye"}, "bye",
-        ["left", 3, []], ["left", 3, [A.machine, A.machine]], ["left", -1, [A.machine]], ["left", 3, [b"x"]],
-        ["left", 3, [Signer(i.to_bytes(32, "big")).machine for i in range(1, MAX_LEFT + 2)]], ["left", 3, A.machine], ["left", 3], ["left", True, [A.machine]],
+        ["gossip", [], [], [], [[A.machine, 3], [A.machine, 4]]], ["gossip", [], [], [], [[A.machine, -1]]],
+        ["gossip", [], [], [], [[b"x", 3]]], ["gossip", [], [], [], [[A.machine]]], ["gossip", [], [], [], [A.machine]],
+        ["gossip", [], [], [], [[Signer(i.to_bytes(32, "big")).machine, 3] for i in range(1, MAX_LEFT + 2)]],
+        ["gossip", [], [], [], [[A.machine, True]]], ["gossip", [], [], [], [[A.machine, 3, 0]]], ["left", 3, [A.machine]],
     ]
     for obj in bad:
         rejects(decode_message, enc(obj))
     assert decode_message(enc(["ranged", 3, 4, False, [r]])) == RangeReply(3, 4, False, (record(A, 3),))
-    assert decode_message(enc(["gossip", [r] * MAX_BATCH, [], []])).records == (record(A, 3),) * MAX_BATCH
+    assert decode_message(enc(["gossip", [r] * MAX_BATCH, [], [], []])).records == (record(A, 3),) * MAX_BATCH
     rejects(decode_message, bytes(MAX_MESSAGE_BYTES + 1), "exceeds")
     with pytest.raises(TypeError):
         encode_message("bye")

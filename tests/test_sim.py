@@ -51,7 +51,7 @@ def test_a_minority_partition_heals_to_the_majority():
 
 
 def test_churn_with_joiners_by_checkpoint_and_by_replay_converges():
-    sim, m = run_scenario(Scenario(peers=10, steps=40, loss=0.01, seed=4, churn_per_minute=0.4))
+    sim, m = run_scenario(Scenario(peers=10, steps=40, loss=0.01, seed=4, churn_per_minute=0.5))
     assert converged(m) and m["joins"] > 0 and m["leaves"] > 0, m
     events = [e for p in sim.peers.values() for _, e, _ in p.logs]
     assert "join_checkpoint" in events and "joined" in events

@@ -49,7 +49,7 @@ from ...protocol.admission import check_record, check_vote
 from ...protocol.errors import ProtocolError
 from ...protocol.identity import Signer
 from ...protocol.ledger import DUPLICATE, EQUIVOCATION, NEW, REDUNDANT, Ledger
-from ...protocol.messages import (MAX_BATCH, MAX_LEFT, MAX_RANGE, Bye, Gossip as GossipFrame, Left, Peers, RangeReply, RangeRequest,
+from ...protocol.messages import (MAX_BATCH, MAX_RANGE, Bye, Gossip as GossipFrame, Peers, RangeReply, RangeRequest,
                                   Status, Vote, Votes)
 from ...protocol.records import Record
 from ...protocol.spec import SwarmSpec
@@ -72,9 +72,9 @@ class CoreConfig:
     join_by: str = "checkpoint"    # how a peer behind the swarm catches up: "checkpoint" or "replay"
     checkpoint_every: int = 20     # the replica keeps a checkpoint every this many steps
     max_links: int = 6             # overlay degree we dial up to ...
-    max_accept: int = 10           # ... and the most links we keep, dialled or accepted
+    max_accept: int = 8            # ... and the most links we keep, dialled or accepted
     eager: int = 2                 # neighbours a forwarded record is pushed to whole (the others get its id)
-    frame_interval: float = 0.25   # at most one gossip frame per link this often ...
+    frame_interval: float = 0.5    # at most one gossip frame per link this often ...
     lazy_interval: float = 1.0     # ... and this often for what is not on the critical path
     want_timeout: float = 1.0
     status_interval: float = 5.0
@@ -113,7 +113,6 @@ class _Round:
     fresh: bool = False            # no history to say who trains (a new swarm): wait the full deadline
     first_seen: float | None = None
     excused: int = 0               # missing authors no longer waited for on a departure notice
-    late_waited: set[bytes] = field(default_factory=set)  # late authors we chose to wait for
 
 
 @dataclass
@@ -209,7 +208,6 @@ class SwarmCore:
         self._enough = True  # min_peers take part (see _enough_peers)
         self._closing: set[bytes] = set()          # links we close ourselves
         self._said_publishing = False
-        self._unpunctual: set[bytes] = set()       # late authors waited for in vain: not again until on time
         self._left_of: dict[bytes, int] = {}       # departure notices: machine -> first step it misses
         self._statuses_seen = 0
         self._next_maintain = 0.0
@@ -326,15 +324,14 @@ class SwarmCore:
         step = rnd.step if peer in rnd.missing else rnd.step + 1  # the first step it will miss
         self._accept_left(peer, step, None, out)
 
-    def _left(self, sender: bytes, msg: Left, out: list) -> None:
+    def _departures(self, sender: bytes, left, out: list) -> None:
         """A departure notice is a hint, never evidence: a member we are linked to is alive to us
-        (ignored, not forwarded); a notice shortens at most a few waits per round (so a liar can
+        (ignored, not passed on); notices shorten at most a few waits per round (so a liar can
         only make some records late, never lost: they are admitted as late records); a record
         of the member at or after that step cancels it."""
-        if not self.horizon - self.spec.late_window <= msg.step <= self.horizon + self.spec.future_window:
-            return
-        for machine in msg.machines:
-            self._accept_left(machine, msg.step, sender, out)
+        for machine, step in left:
+            if self.horizon - self.spec.late_window <= step <= self.horizon + self.spec.future_window:
+                self._accept_left(machine, step, sender, out)
 
     def _accept_left(self, machine: bytes, step: int, sender: bytes | None, out: list) -> None:
         if machine == self.me or self._left_of.get(machine, -1) >= step:
@@ -343,15 +340,14 @@ class SwarmCore:
             return  # alive to us
         rnd = self.round
         if rnd is not None and machine in rnd.missing and rnd.step >= step:
-            if rnd.excused >= max(4, len(rnd.expected) // 32):
+            if rnd.excused >= max(2, len(rnd.expected) // 32):
                 return  # more departures in one round than churn explains: wait for the rest
             rnd.excused += 1
         if rnd is not None and rnd.step >= step:
             rnd.missing.discard(machine)
             rnd.expected.discard(machine)
         self._left_of[machine] = step  # (not `departed`: it stays a member we may dial, e.g. after a partition)
-        notice = Left(step, (machine,))
-        out.extend(Send(p, notice) for p in self.gossip.links if p != sender and p != machine)
+        self.gossip.departed(machine, step, sender)
 
     def _peers_message(self, to: bytes) -> Peers:
         """Our neighbours (so ``to`` knows whom we get records from directly) and a sample of
@@ -422,13 +418,16 @@ class SwarmCore:
                 self.gossip.heard_of(peer, msg.have, self._holds, self.now)
             if msg.want:
                 self.gossip.answer(peer, [r for r in map(self._by_rid, msg.want) if r is not None])
+            if msg.left and self.phase != "done":
+                self._departures(peer, msg.left, out)
         elif isinstance(msg, Status):
             if self._first_status is None:
                 self._first_status = self.now
             link.status = msg
             self._statuses_seen += 1
             rnd = self.round
-            if msg.training and rnd is not None and peer not in rnd.expected and msg.sealed + 2 >= rnd.step:
+            if (msg.training and rnd is not None and peer not in rnd.expected and msg.sealed + 2 >= rnd.step
+                    and peer not in self.equivocators and self._left_of.get(peer, rnd.step + 1) > rnd.step):
                 rnd.expected.add(peer)  # a neighbour that started training: expect its record
                 if not any(r.machine == peer for r in self.ledger.applicable(rnd.step)):
                     rnd.missing.add(peer)
@@ -441,8 +440,6 @@ class SwarmCore:
         elif isinstance(msg, Peers):
             link.neighbours = frozenset(msg.neighbours)
             self._learn_peers(msg.machines[:64])
-        elif isinstance(msg, Left):
-            self._left(peer, msg, out)
         elif isinstance(msg, Bye):
             self._neighbour_left(peer, out)
             self.departed[peer] = self.now
@@ -649,7 +646,6 @@ class SwarmCore:
             rnd.expected.discard(record.machine)
             return
         if record.step == rnd.step:
-            self._unpunctual.discard(record.machine)
             rnd.missing.discard(record.machine)
             rnd.expected.add(record.machine)
             if rnd.first_seen is None:
@@ -657,9 +653,7 @@ class SwarmCore:
         elif record.step >= rnd.step + 1 + self.spec.delay and record.machine in rnd.expected:
             rnd.ahead.add(record.machine)
         elif (rnd.step - 2 <= record.step < rnd.step and record.machine not in rnd.expected
-              and record.machine not in self._unpunctual
               and self._left_of.get(record.machine, rnd.step + 1) > rnd.step):
-            rnd.late_waited.add(record.machine)
             # a late author is alive: wait for it this round too
             rnd.expected.add(record.machine)
             if not any(r.machine == record.machine for r in self.ledger.applicable(rnd.step)):
@@ -709,9 +703,6 @@ class SwarmCore:
             self._issue_seal(rnd.step, out)
 
     def _issue_seal(self, step: int, out: list) -> None:
-        rnd = self.round
-        if rnd is not None and rnd.step == step:
-            self._unpunctual |= rnd.late_waited & rnd.missing  # waited for, late again: not next time
         out.append(Seal(step, tuple(self.ledger.at(step))))
         self.horizon = step + 1
         self.own.pop(step, None)

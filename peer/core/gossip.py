@@ -50,6 +50,7 @@ class Link:
     backup: dict[bytes, float] = field(default_factory=dict)       # to announce when a frame goes anyway
     neighbours: frozenset = frozenset()                            # its own links, as it last told us
     want: dict[bytes, None] = field(default_factory=dict)          # to ask for
+    left: dict[bytes, int] = field(default_factory=dict)           # departures to pass on
     urgent: bool = False                                           # send as soon as the throttle allows
     last_frame: float = -1e9
     status: object | None = None                                   # its latest Status
@@ -184,6 +185,16 @@ class Gossip:
             link.urgent = True
             self._pending.add(peer)
 
+    def departed(self, machine: bytes, step: int, source: bytes | None) -> None:
+        """Pass a departure on to every neighbour but its source (and the departed itself); it
+        rides on the next frame, at frame_interval when it concerns a step being sealed."""
+        for peer, link in self.links.items():
+            if peer != source and peer != machine:
+                link.left[machine] = step
+                if step <= self.urgent_step + 1:
+                    link.urgent = True
+                self._pending.add(peer)
+
     def _retry(self, now: float) -> None:
         """Wants that timed out, re-addressed to another neighbour that announced the id."""
         if now < self._next_retry:
@@ -212,7 +223,7 @@ class Gossip:
         out: list[tuple[bytes, GossipFrame]] = []
         for peer in sorted(self._pending):
             link = self.links.get(peer)
-            if link is None or not (link.records or link.have or link.want or link.backup):
+            if link is None or not (link.records or link.have or link.want or link.backup or link.left):
                 self._pending.discard(peer)
                 continue
             since = now - link.last_frame
@@ -220,7 +231,7 @@ class Gossip:
                 continue
             critical = link.urgent or link.want or any(r.step <= self.urgent_step for r in link.records.values())
             if not critical:
-                if link.records or link.have:
+                if link.records or link.have or link.left:
                     if since < self.lazy_interval:
                         continue  # records of later steps and announcements: batch up to lazy_interval
                 elif now - min(link.backup.values()) < self.backup_delay:
@@ -228,6 +239,8 @@ class Gossip:
             records = list(link.records.values())
             have = [r for r in (*link.have, *link.backup) if r not in link.known]
             want = list(link.want)
+            left = list(link.left.items())
+            link.left.clear()
             link.records.clear()
             link.have.clear()
             link.backup.clear()
@@ -236,9 +249,9 @@ class Gossip:
             link.urgent = False
             link.last_frame = now
             self._pending.discard(peer)
-            for i in range(0, max(len(records), len(have), len(want)), MAX_BATCH):
+            for i in range(0, max(len(records), len(have), len(want), len(left)), MAX_BATCH):
                 out.append((peer, GossipFrame(tuple(records[i:i + MAX_BATCH]), tuple(have[i:i + MAX_BATCH]),
-                                              tuple(want[i:i + MAX_BATCH]))))
+                                              tuple(want[i:i + MAX_BATCH]), tuple(left[i:i + MAX_BATCH]))))
         return out
 
     def forget_before(self, step: int) -> None:
