@@ -427,7 +427,7 @@ class SwarmCore:
             self._statuses_seen += 1
             rnd = self.round
             if (msg.training and rnd is not None and peer not in rnd.expected and msg.sealed + 2 >= rnd.step
-                    and peer not in self.equivocators and self._left_of.get(peer, rnd.step + 1) > rnd.step):
+                    and (rnd.fresh or self.standing(peer) > 0) and peer not in self.equivocators and self._left_of.get(peer, rnd.step + 1) > rnd.step):
                 rnd.expected.add(peer)  # a neighbour that started training: expect its record
                 if not any(r.machine == peer for r in self.ledger.applicable(rnd.step)):
                     rnd.missing.add(peer)
@@ -608,8 +608,8 @@ class SwarmCore:
         arrives, see _round_saw; one that crashed costs one deadline, not two)."""
         expected = {r.machine for r in self.ledger.applicable(step - 1)} if step > 0 else set()
         fresh = not expected  # no history yet (a new swarm): every linked peer will train
-        expected |= {p for p, link in self.gossip.links.items()
-                     if link.status is not None and (link.status.training or fresh)}
+        expected |= {p for p, link in self.gossip.links.items()  # (a status is a claim: standing first)
+                     if link.status is not None and (fresh or (link.status.training and self.standing(p) > 0))}
         if self.cfg.training:
             expected.add(self.me)
         expected -= self.departed.keys()
@@ -1012,18 +1012,19 @@ class SwarmCore:
 
     def _enough_peers(self, out: list) -> bool:
         """A peer never trains alone while it believes it is in a swarm (``min_peers`` > 1): it
-        seals steps only while another peer takes part, counting the authors of
-        the last sealed step and of the step being collected, and the neighbours that say they
-        train (at step 0: those it started with). Below that it says so once
+        seals steps only while another peer takes part, counting the authors of records of
+        the last sealed step up to the next ones, and the neighbours with standing that say
+        they train (at step 0: those it started with). Below that it says so once
         and waits (records that arrive meanwhile are kept); a neighbour catching up counts again
         as soon as it trains."""
         if self.cfg.min_peers <= 1:
             return True
+        # a status is a claim anyone can make: only neighbours with standing count by it
         taking_part = {p for p, link in self.gossip.links.items()
-                       if link.status is not None and (link.status.training or self.horizon == 0)}
-        for step in (self.horizon - 1, self.horizon):
-            if step >= 0:
-                taking_part |= {r.machine for r in self.ledger.applicable(step)}
+                       if link.status is not None and (link.status.training or self.horizon == 0)
+                       and (self.horizon == 0 or self.standing(p) > 0)}
+        for step in range(max(0, self.horizon - 1), self.horizon + self.spec.delay + 2):
+            taking_part |= {r.machine for r in self.ledger.applicable(step)}
         taking_part.add(self.me)
         taking_part -= self.departed.keys()
         need = min(self.cfg.min_peers, 2)
