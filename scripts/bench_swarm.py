@@ -1,6 +1,9 @@
 """Swarm benchmark: the real swarm core at N = 10, 100 and 1,000 peers, simulated.
 
-    python scripts/bench_swarm.py [--json] [--peers 10 100 1000] [--steps 30] [--seed 0]
+    python scripts/bench_swarm.py [--json] [--peers 10 100 1000] [--steps N] [--seed 0] [--plot PNG] [--save DIR]
+
+``--save docs`` writes docs/swarm_scale.json and docs/swarm_scale.png, which
+docs/RESULTS.md's section 5 shows (scripts/experiments/report.py).
 
 Every peer runs ``SwarmCore`` (peer/core), the same code a real peer runs; the simulator
 (peer/sim.py) plays the network and a stand-in replica whose weights are a hash chain over
@@ -25,6 +28,10 @@ Per N it prints (one JSON object with --json, keyed by N):
 - seal_p50_s, seal_p99_s  from a peer's own record to the seal of its step, steady state
 - slowest_step_s, seal_p99_over_slowest_step (goal: < 3)
 - wall_s               this machine's seconds for the simulation
+
+Steps: 30 for N <= 100 and 8 above unless --steps says otherwise (one core simulates every
+peer, so a run costs about N^2 x steps: N = 1,000 x 8 steps takes about a quarter of an hour
+here); seal latencies leave out the first 2 steps (start-up).
 """
 
 from __future__ import annotations
@@ -57,18 +64,67 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object, keyed by N")
     parser.add_argument("--peers", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: 30 for N <= 100, else 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", help="also draw the per-N figures against their goals into this PNG")
+    parser.add_argument("--load", help="plot/print these results (a --json output) instead of simulating")
+    parser.add_argument("--save", help="write swarm_scale.json and swarm_scale.png into this folder")
     args = parser.parse_args(argv)
     results = {}
-    for n in args.peers:
-        results[str(n)] = run(n, args.steps, args.seed)
+    if args.load:
+        with open(args.load) as f:
+            results = json.load(f)
+    for n in [] if args.load else args.peers:
+        steps = args.steps or (30 if n <= 100 else 8)
+        results[str(n)] = {"steps": steps, **run(n, steps, args.seed)}
         if not args.json:
             print(f"N={n}: " + ", ".join(f"{k} {v}" for k, v in results[str(n)].items()), flush=True)
         else:
             print(f"N={n} done in {results[str(n)]['wall_s']} s", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results, indent=1))
+    if args.plot:
+        plot(results, args.plot)
+    if args.save:
+        import datetime
+        import os
+        import platform
+        import shlex
+
+        os.makedirs(args.save, exist_ok=True)
+        command = "python scripts/bench_swarm.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
+        record = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                  "results": results}
+        with open(os.path.join(args.save, "swarm_scale.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        plot(results, os.path.join(args.save, "swarm_scale.png"))
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted(results, key=int)
+    x = [int(n) for n in ns]
+    panels = [("msgs_per_peer_step", 64, "messages sent per peer per step"),
+              ("bytes_over_records", 4, "bytes sent / record bytes needed"),
+              ("seal_p99_over_slowest_step", 3, "seal p99 / slowest peer's step")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, (key, goal, title) in zip(axes, panels):
+        values = [results[n][key] for n in ns]
+        ax.plot(x, values, "o-", label="measured")
+        ax.set_ylim(0, 1.25 * max(goal, *values))
+        ax.axhline(goal, color="tab:red", linestyle="--", label=f"goal <= {goal}")
+        ax.set_xscale("log")
+        ax.set_xlabel("peers")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("simulated swarm (real core): 1% loss, 20-300 ms, 10%/min churn, 5% hostile", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

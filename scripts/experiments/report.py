@@ -197,6 +197,7 @@ def write_results(out: Path, ctx: dict) -> None:
         "",
         ctx["justonebyte_note"],
         "",
+        *swarm_scale_section(out),
         "## Notes",
         "",
     ]
@@ -205,6 +206,41 @@ def write_results(out: Path, ctx: dict) -> None:
     raw = {k: v for k, v in ctx.items() if k != "runs"}
     raw["runs"] = {k: {**asdict(r), "grads": r.grads, "record_bytes": r.record_bytes} for k, r in runs.items()}
     (out / "results.json").write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
+
+
+SCALE_COLUMNS = [("peers", "peers"), ("steps", "steps"), ("replicas_identical", "honest replicas identical"),
+                 ("records_lost", "records lost"), ("msgs_per_peer_step", "msgs / peer / step (goal <= 64)"),
+                 ("bytes_over_records", "bytes sent / record bytes needed (goal <= 4)"),
+                 ("seal_p50_s", "seal p50 (s)"), ("seal_p99_s", "seal p99 (s)"),
+                 ("seal_p99_over_slowest_step", "seal p99 / slowest step (goal < 3)"), ("joins", "joins"),
+                 ("leaves", "leaves"), ("heals", "heals"), ("wall_s", "wall (s)")]
+
+
+def swarm_scale_section(out: Path) -> list[str]:
+    """Section 5 from docs/swarm_scale.json (written by scripts/bench_swarm.py --save), if present."""
+    path = out / "swarm_scale.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    results = data["results"]
+    rows = [[results[n].get(k, "-") for k, _ in SCALE_COLUMNS] for n in sorted(results, key=int)]
+    return [
+        "## 5. The swarm at scale (simulated, the real swarm core)",
+        "",
+        f"`{data['command']}` ({data['date']}, {data['machine']}). Every peer runs `SwarmCore` (peer/core), the "
+        "code real peers run, over `peer/sim.py`'s network: one-way latency 20-300 ms per pair (log-normal around "
+        "80 ms), 1% of messages lost, 10% of peers leaving per simulated minute (half of them crashing) and as many "
+        "joining (alternately by checkpoint and by replay), 5% hostile peers cycling through wrong-sign maximum bytes, "
+        "equivocation, far-future records and statuses, late-record spam, malformed frames and fake votes with a fake "
+        "checkpoint; each honest peer takes 2-4 s per local step. A stand-in replica hashes the applied record ids, so "
+        "\"identical\" means the same applied history. Seal latency: from a peer's own record to the seal of its step, "
+        "steps 0-1 left out.",
+        "",
+        _table([title for _, title in SCALE_COLUMNS], rows),
+        "",
+        "![swarm at scale](swarm_scale.png)",
+        "",
+    ]
 
 
 def _bench_table(bench: dict | None) -> str:

@@ -196,10 +196,11 @@ def main() -> None:
     if demo and demo.get("wire_bytes_per_gradient_steady") is not None:
         steady = (f"{demo['wire_bytes_per_gradient_steady']:,.1f}",
                   "measured in the same run: each peer's median TCP bytes sent per step (start-up and the final "
-                  "barrier excluded), summed over peers, per gradient. Per step a peer pushes its record to every "
-                  "other peer (one libp2p stream each), stores its RSA-signed record in the DHT (an RPC "
-                  "to each replica node), and heartbeats: those messages, with their 256-byte RSA signatures and "
-                  "hivemind's RPC framing, make up these bytes, not the 44-byte record")
+                  "barrier excluded), summed over peers, per gradient. Per step a peer pushes its record whole to "
+                  "its neighbours over long-lived gossip streams (others get its id and ask for what they lack), "
+                  "sends statuses and digest votes, and refreshes its Ed25519-signed member entry in the DHT while "
+                  "it progresses: those messages with libp2p's encryption and multiplexing make up these bytes, "
+                  "beside the record itself")
     if demo and demo.get("wire_bytes_per_gradient") is not None:
         wire = (f"{demo['wire_bytes_per_gradient']:,.1f}",
                 f"measured: `wire_bytes_per_gradient` of a real {demo.get('peers')}-peer swarm (`seedswarm demo --json`, "
@@ -219,8 +220,8 @@ def main() -> None:
         ["ours: payload", "1", "one int8 code per gradient (SPEC.md section 5)"],
         ["ours: encoded record", f"{record_mean:.2f}",
          f"measured: mean len(record.encode()) over the {len(records)} records of the one-byte runs "
-         f"(min {min(records)}, max {max(records)}); msgpack [version, step, machine id, first sample, scale exp, code]; "
-         "the machine id here is `sim-i` (5 bytes), a real libp2p peer id is 34 bytes"],
+         f"(min {min(records)}, max {max(records)}); canonical msgpack [2, step, machine id, scale exponent, codes, "
+         "ticket, Ed25519 signature] with real 38-byte machine ids (libp2p Ed25519 peer ids)"],
         ["ours: on the wire, whole run", *wire],
         ["ours: on the wire, steady state", *steady],
     ]
