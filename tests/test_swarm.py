@@ -120,7 +120,7 @@ def test_join_by_checkpoint_and_by_replay_survive_a_crash_and_end_identical(tiny
 
 
 def test_a_killed_peer_resumes_with_nothing_lost(tiny_swarm, tmp_path):
-    steps = 300
+    steps = 120
     a = peer(tiny_swarm, tmp_path, "a", 0, "--min-peers", "2", steps=steps)
     maddrs = a.maddrs()
     b = peer(tiny_swarm, tmp_path, "b", 1, "--initial-peers", *maddrs, "--min-peers", "2", steps=steps)
@@ -227,7 +227,7 @@ def test_strangers_cannot_crash_stall_or_fork_the_swarm(tiny_swarm, tmp_path):
 def test_fresh_identities_cannot_take_over_the_weights_or_a_newcomer(tiny_swarm, tmp_path):
     """Three identities that never contributed vote for weights of their choice at every digest
     step and serve a checkpoint with exactly those weights; a newcomer joins by checkpoint."""
-    steps = 200
+    steps = 120
     a = peer(tiny_swarm, tmp_path, "a", 0, "--min-peers", "2", steps=steps)
     maddrs = a.maddrs()
     b = peer(tiny_swarm, tmp_path, "b", 1, "--initial-peers", *maddrs, "--min-peers", "2", steps=steps)
