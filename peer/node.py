@@ -374,7 +374,7 @@ class Node:
     async def _dht_loop(self) -> None:
         """Discovery and our member entry. The DHT is for finding each other, so once a peer
         has its neighbours it asks ever more rarely (discovery backs off while it finds no one
-        new; the member entry is refreshed every dht_refresh seconds, and at most every 5 s
+        new; the member entry is refreshed every dht_refresh seconds, and every dht_refresh / 2
         while the peer makes progress, so `seedswarm status` is never far behind)."""
         swarm, cfg = self.swarm, self.config
         rng = random.Random(self.machine)
@@ -385,8 +385,8 @@ class Node:
         while True:
             try:
                 now = loop.time()
-                progressed = self.core.sealed != registered_step and now >= last_register + min(5.0, cfg.dht_refresh)
-                if now >= next_register or progressed:  # `seedswarm status` sees progress within seconds
+                progressed = self.core.sealed != registered_step and now >= last_register + cfg.dht_refresh / 2
+                if now >= next_register or progressed:  # `seedswarm status` sees progress within dht_refresh / 2
                     registered_step, last_register = self.core.sealed, now
                     await self.dht.register(swarm, self._member_info(), ttl=3 * cfg.dht_refresh)
                     next_register = now + cfg.dht_refresh
