@@ -30,8 +30,8 @@ Per N it prints (one JSON object with --json, keyed by N):
 - wall_s               this machine's seconds for the simulation
 
 Steps: 30 for N <= 100 and 8 above unless --steps says otherwise (one core simulates every
-peer, so a run costs about N^2 x steps: N = 1,000 x 8 steps takes about a quarter of an hour
-here); seal latencies leave out the first 2 steps (start-up).
+peer, so a run costs about N^2 x steps: N = 1,000 x 8 steps took 31 min here, on a busy
+2-core machine); seal latencies leave out the first 2 steps (start-up).
 """
 
 from __future__ import annotations
