@@ -76,6 +76,9 @@ class CoreConfig:
     eager: int = 2                 # neighbours a forwarded record is pushed to whole (the others get its id)
     frame_interval: float = 0.5    # at most one gossip frame per link this often ...
     lazy_interval: float = 1.0     # ... and this often for what is not on the critical path
+    backups: bool = True           # announce records a neighbour should have from their author: insurance
+                                   # against lost frames (the simulator's loss model); libp2p streams are
+                                   # reliable and a broken one is re-introduced on reconnect
     want_timeout: float = 1.0
     status_interval: float = 5.0
     peers_interval: float = 30.0
@@ -151,7 +154,7 @@ class SwarmCore:
         self._verify, self._verify_vote = verify, verify_vote
         self.rng = random.Random(int.from_bytes(self.me[-8:], "big") if seed is None else seed)
         self.gossip = Gossip(self.rng, config.eager, config.frame_interval, config.want_timeout,
-                             lazy_interval=config.lazy_interval)
+                             lazy_interval=config.lazy_interval, backups=config.backups)
         self.ledger = Ledger()                     # the unsealed pool and the last few sealed steps
         self.standing = Standing(config.standing_window)
         self.votes = VoteBook()

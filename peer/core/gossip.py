@@ -67,11 +67,12 @@ class _Wanted:
 
 class Gossip:
     def __init__(self, rng: random.Random, eager: int, frame_interval: float, want_timeout: float,
-                 backup_delay: float = 1.0, lazy_interval: float = 1.0) -> None:
+                 backup_delay: float = 1.0, lazy_interval: float = 1.0, backups: bool = True) -> None:
         self.rng = rng
         self.eager = eager
         self.frame_interval = frame_interval
         self.lazy_interval = lazy_interval
+        self.backups = backups  # announce what a neighbour should have from the author itself
         self.urgent_step = 0  # records of steps up to this one are on the critical path (the core sets it)
         self.want_timeout = want_timeout
         self.backup_delay = backup_delay
@@ -128,10 +129,12 @@ class Gossip:
         for peer, link in self.links.items():
             if peer == source or peer == author or rid in link.known:
                 continue
-            self._pending.add(peer)
             if author in link.neighbours:
-                link.backup.setdefault(rid, self.now)  # it has it from the author, unless that was lost
+                if self.backups:  # it has it from the author, unless that frame was lost
+                    link.backup.setdefault(rid, self.now)
+                    self._pending.add(peer)
             else:
+                self._pending.add(peer)
                 primary.append(link)
         eager = primary if len(primary) <= self.eager else self.rng.sample(primary, self.eager)
         chosen = {id(link) for link in eager}
