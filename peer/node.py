@@ -397,8 +397,11 @@ class Node:
                     found = set(await self.dht.members(swarm, buckets)) - {self.machine}
                     self._post(PeersFound(tuple(sorted(found))))
                     new, seen = found - seen, seen | found
-                    lacking = len(self.core.gossip.links) < cfg.max_links
-                    discover_every = 1.0 if new and lacking else min(2 * discover_every, 60.0)
+                    # linked to every member we know of, or to as many as we keep: nothing to look for
+                    # until the next slow round (a discovery reads 8 DHT buckets: kilobytes)
+                    lacking = len(self.core.gossip.links) < min(cfg.max_links, len(seen))
+                    discover_every = (1.0 if new and lacking else min(2 * discover_every, 60.0) if lacking
+                                      else 60.0)
                     next_discovery = now + discover_every
                 if rounds % 100 == 0:
                     await self.dht.publish_spec(self.spec)
