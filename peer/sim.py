@@ -265,7 +265,7 @@ class Simulation:
         peer.left_at = self.now
         if machine in self.rendezvous:
             self.rendezvous.remove(machine)
-        for a, b in [l for l in self.links if machine in l]:
+        for a, b in sorted(l for l in self.links if machine in l):  # (sorted: set order varies per process)
             self.links.discard((a, b))
             other = b if a == machine else a
             self.at(self.now + self._lat(a, b), self._feed, other, LinkDown(machine))
@@ -525,7 +525,7 @@ def run_scenario(sc: Scenario) -> tuple[Simulation, dict]:
             members = sorted(sim.peers)
             rng.shuffle(members)
             sim.partition = {m: int(i < fraction * len(members)) for i, m in enumerate(members)}
-            for a, b in list(sim.links):
+            for a, b in sorted(sim.links):
                 if not sim._reachable(a, b):
                     sim.links.discard((a, b))
                     sim.at(sim.now, sim._feed, a, LinkDown(b))

@@ -1054,7 +1054,11 @@ class SwarmCore:
             if self.phase != "barrier":
                 return
         started = any(st.training or st.sealed > 0 for st in statuses)
-        if 1 + len(statuses) >= self.cfg.min_peers or started:
+        # a bounded-degree overlay links to at most 1 + max_links of min_peers: the others count
+        # once we know of them (DHT, peer exchange)
+        linked_enough = 1 + len(statuses) >= min(self.cfg.min_peers, 1 + self.cfg.max_links)
+        known_enough = 1 + len(self.known.keys() - self.departed.keys()) >= self.cfg.min_peers
+        if (linked_enough and known_enough) or started:
             self.phase = "train"
             out.extend(Send(peer, self._status()) for peer in self.gossip.links)
 
