@@ -152,8 +152,7 @@ class Node:
                            + f": rolled back to step {opened.sealed}, and the records since must come from peers")
         core_cfg = CoreConfig(target=cfg.steps, min_peers=cfg.min_peers, join_by=cfg.join_by,
                               checkpoint_every=checkpoint_every, max_links=cfg.max_links,
-                              finish_timeout=cfg.finish_timeout, needs_peers=needs_peers,
-                              backups=False)  # libp2p streams do not lose frames: no backup announcements
+                              finish_timeout=cfg.finish_timeout, needs_peers=needs_peers)
         self.core = SwarmCore(self.spec, self.signer, core_cfg, ticket=self.ticket, sealed=opened.sealed,
                               ledger=self.history.ledger, digests=opened.digests)
         self.core.floor = self.history.base_step
