@@ -67,8 +67,11 @@ def test_join_by_checkpoint_and_by_replay_survive_a_crash_and_end_identical(tiny
     steps = 300
     first = peer(tiny_swarm, tmp_path, "a", 0, "--min-peers", "3", steps=steps)
     maddrs = first.maddrs()
-    crew = [first] + [peer(tiny_swarm, tmp_path, n, i, "--initial-peers", *maddrs, "--min-peers", "3", steps=steps)
-                      for n, i in (("b", 1), ("c", 2))]
+    # four founders, so that the four survivors plus two joiners never split evenly (two
+    # replicas that disagree with no majority each keep their weights: README, Known limits)
+    crew = [first] + [peer(tiny_swarm, tmp_path, n, i, "--initial-peers", *maddrs, "--min-peers", "3", *extra,
+                           steps=steps)
+                      for n, i, extra in (("b", 1, ()), ("c", 2, ()), ("f", 2, ("--data-seed", "9")))]
     everyone = list(crew)
     try:
         first.wait_for_step(32)  # a voted checkpoint exists (checkpoint every 10, votes settle 9 steps later)
@@ -87,7 +90,7 @@ def test_join_by_checkpoint_and_by_replay_survive_a_crash_and_end_identical(tiny
         assert first.step() < steps - 20, f"the swarm reached {first.step()} before the joiners joined: raise `steps`"
         first.wait_for_step(first.step() + 5)
         crew[2].kill()  # SIGKILL: no goodbye
-        survivors = [first, crew[1], by_ckpt, by_replay]
+        survivors = [first, crew[1], crew[3], by_ckpt, by_replay]
         summaries = finish(survivors)
     finally:
         for p in everyone:
