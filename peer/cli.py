@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from .identity import IdentityError
 
     try:
+        _network_defaults(args)
         return args.func(args) or 0
     except UsageError as exc:
         parser.exit(2, f"seedswarm {args.command}: error: {exc}\n")
@@ -183,6 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seedswarm {args.command}: stopped", file=sys.stderr)
         return 130
+
+
+def _network_defaults(args) -> None:
+    """--initial-peers and --relays not given: from the environment or the config file
+    (peer/netconfig.py), so that a public swarm's bootstrap list is set once."""
+    from .netconfig import NetConfigError, resolve
+
+    for name in ("initial_peers", "relays"):
+        if hasattr(args, name):
+            try:
+                value, _ = resolve(name, getattr(args, name))
+            except NetConfigError as exc:
+                raise UsageError(str(exc)) from None
+            setattr(args, name, value)
 
 
 def _quiet_libraries() -> None:

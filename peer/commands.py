@@ -26,8 +26,9 @@ DEFAULT_HOST = ["/ip4/127.0.0.1/tcp/0"]
 
 
 def _network_flags(p: argparse.ArgumentParser, host: bool = True) -> None:
-    p.add_argument("--initial-peers", nargs="*", default=[], metavar="MADDR",
-                   help="multiaddrs of peers already in the DHT (as printed by `seedswarm bootstrap` or a peer)")
+    p.add_argument("--initial-peers", nargs="*", default=None, metavar="MADDR",
+                   help="multiaddrs of peers already in the DHT (as printed by `seedswarm bootstrap` or a peer); "
+                        "default: $SEEDSWARM_INITIAL_PEERS, else initial_peers in ~/.config/seedswarm/config.toml")
     if host:
         p.add_argument("--host-maddrs", nargs="*", default=DEFAULT_HOST, metavar="MADDR",
                        help="where to listen (default: loopback, a free port; use /ip4/0.0.0.0/tcp/PORT to be reachable)")
@@ -62,6 +63,12 @@ def add_commands(sub) -> None:
     p.add_argument("--ticket", default=None, metavar="HEX",
                    help="members-only swarms: the ticket the swarm's authority issued for this peer id")
     p.add_argument("--max-links", type=int, default=6, help="neighbours to keep links with (default 6)")
+    p.add_argument("--relays", nargs="*", default=None, metavar="MADDR",
+                   help="behind NAT: public nodes to reserve a circuit-relay slot on (default: $SEEDSWARM_RELAYS, "
+                        "relays in the config file, else the initial peers; every bootstrap and public peer relays)")
+    p.add_argument("--reachability", choices=["auto", "public", "private"], default="auto",
+                   help="auto (default): behind NAT when this machine has no public address and the bootstrap "
+                        "peers do; public: others can dial this peer; private: always go through relays")
     p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing
     p.set_defaults(func=cmd_peer)
 
@@ -149,7 +156,7 @@ def cmd_peer(args) -> int:
         min_peers=args.min_peers, model=args.model, device=args.device,
         data=args.data, data_seed=args.data_seed, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume, join_by=args.join_by, json_log=args.json_log, name=args.name, max_links=args.max_links,
-        fault_corrupt_at=args.fault_corrupt_at,
+        fault_corrupt_at=args.fault_corrupt_at, relays=args.relays, reachability=args.reachability,
     )
     try:
         config.validate()
@@ -200,6 +207,7 @@ class Progress:
         from .progress import Phases
 
         self.quiet, self.steps, self.min_peers = quiet, steps, min_peers
+        self.swarm_id = ""
         self.show = None if quiet else Phases(every=5.0).__enter__()
         self._phase = None
         self._last = time.monotonic()
@@ -219,8 +227,11 @@ class Progress:
     def __call__(self, event: dict) -> None:
         kind = event["event"]
         if kind == "started":
+            self.swarm_id = event["swarm_id"]
             self._note(f"seedswarm peer {event['peer_id']} in swarm {event['swarm_id']}")
             self._note("others can join with: --initial-peers " + " ".join(event["maddrs"]))
+            if event.get("reach") == "private":
+                self._note(f"reachability: behind NAT ({event.get('reach_reason', '')})")
             if self.min_peers > 1:
                 self._phase_to("wait for peers", f"until {self.min_peers} peers (this one included) are up (--min-peers)")
             else:
@@ -242,7 +253,16 @@ class Progress:
                 self._phase_to("finish", "wait for the others to reach the last step, apply late records, "
                                          "agree on the final weight digest")
         elif kind == "joining":
+            self._note(f"joining swarm {self.swarm_id[:16]}... at step {event['frontier']}, {event['peers']} peer(s) "
+                       f"already training it (this peer catches up by {event['by']} first)")
             self._phase_to("catch up", f"the swarm is at step {event['frontier']}: joining by {event['by']}")
+        elif kind in ("isolated", "unreachable"):
+            self._note(f"isolated at step {event['step']}: {event.get('reason', '')}; waiting and retrying "
+                       "(no step is sealed alone)" if kind == "isolated" else
+                       f"still waiting for peers: {event.get('reason', '')}; retrying")
+        elif kind == "relays":
+            self._note(f"relays: connected to {len(event['connected'])} of {event['of']} "
+                       f"({', '.join(event['connected']) or 'none: peers behind NAT cannot reach this one now'})")
         elif kind in ("joined", "late", "heal", "healed", "resumed", "split", "banned", "ledger_damaged",
                       "proof_of_work", "join_checkpoint", "join_replay", "checkpoint_installed"):
             self._note(" ".join(f"{k}={v}" for k, v in event.items() if k != "time"))

@@ -19,6 +19,8 @@ class PeerConfig:
     initial_peers: Sequence[str] = ()
     host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
     announce_maddrs: Sequence[str] = ()
+    relays: Sequence[str] = ()         # circuit relays to reserve on when behind NAT; default: initial_peers
+    reachability: str = "auto"         # auto | public | private (peer/reach.py)
     identity_path: str | None = None   # Ed25519 libp2p key (created if missing); default: in checkpoint_dir
     ticket: str | None = None          # members-only swarms: the hex ticket the swarm's authority issued
     # training
@@ -61,6 +63,12 @@ class PeerConfig:
             raise ValueError("--steps must be at least 1")
         if type(self.min_peers) is not int or self.min_peers < 1:
             raise ValueError("--min-peers must be at least 1")
+        if self.reachability not in ("auto", "public", "private"):
+            raise ValueError("--reachability must be auto, public or private")
+        for flag, addrs in (("--initial-peers", self.initial_peers), ("--relays", self.relays)):
+            bad = [a for a in addrs if not isinstance(a, str) or not a.startswith("/")]
+            if bad:
+                raise ValueError(f"{flag}: {bad[0]!r} is not a multiaddr (like /ip4/1.2.3.4/tcp/31337/p2p/12D3KooW...)")
         if self.join_by not in JOIN_MODES:
             raise ValueError(f"--join-by must be one of {JOIN_MODES}")
         if type(self.checkpoint_every) is not int or self.checkpoint_every < 0:

@@ -180,14 +180,27 @@ class SwarmDHT:
 
     @classmethod
     def start(cls, signer: Signer, identity_path: str, *, initial_peers=(), host_maddrs=(), announce_maddrs=(),
-              client_mode: bool = False, relay: bool = True, auto_relay: bool = False, **kwargs) -> "SwarmDHT":
+              client_mode: bool = False, relays: tuple[str, ...] = (), **kwargs) -> "SwarmDHT":
+        """``relays``: we are behind NAT (peer/reach.py): run the DHT as a client (nobody can
+        dial us to ask) and reserve a circuit-relay slot on each of these at once (p2pd's
+        static relays; its relay discovery would wait minutes for four candidates).
+        Without: a public node, which (like every p2pd here) also serves as a relay."""
+        p2p_options = dict(use_relay=True)
+        if relays:
+            client_mode = True
+            # auto_nat off: in p2pd it also turns on DCUtR hole punching, whose direct connections
+            # through two masquerading routers stalled mid-stream in our namespace tests (and
+            # made replicas diverge); relayed links were reliable. See docs/NETWORK.md.
+            p2p_options.update(use_auto_relay=True, trusted_relays=list(relays), force_reachability="private",
+                               auto_nat=False)
         dht = ReapedDHT(initial_peers=list(initial_peers), host_maddrs=list(host_maddrs) or None,
                         announce_maddrs=list(announce_maddrs) or None, identity_path=identity_path,
                         record_validators=validators(signer), start=True, await_ready=True, client_mode=client_mode,
                         # hivemind checks whether the identity is in use by dialing with an RSA-only helper
-                        check_if_identity_free=False, use_relay=relay, use_auto_relay=auto_relay,
+                        check_if_identity_free=False,
                         # no background traffic of hivemind's caching: a get does not re-store what it found
-                        cache_nearest=0, cache_refresh_before_expiry=0, **kwargs)
+                        cache_nearest=0, cache_refresh_before_expiry=0,
+                        p2pd_args=("-relayDiscovery=false",) if relays else (), **p2p_options, **kwargs)
         return cls(dht, signer)
 
     @property

@@ -18,13 +18,16 @@ from .process import descendants, is_alive
 
 
 class PeerProcess:
-    def __init__(self, name: str, args: list[str], workdir: str | os.PathLike, env: dict | None = None) -> None:
+    def __init__(self, name: str, args: list[str], workdir: str | os.PathLike, env: dict | None = None,
+                 prefix: list[str] | tuple[str, ...] = ()) -> None:
+        """``prefix``: what runs the command, e.g. ``["ip", "netns", "exec", "home1"]`` (it must
+        exec the command, so that the process is the peer)."""
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{name}.out"
         self.json_log = self.workdir / f"{name}.jsonl"
-        cmd = [sys.executable, "-m", "seedswarm.peer.cli", "peer", "--name", name, "--json-log", str(self.json_log), "--quiet", *args]
+        cmd = [*prefix, sys.executable, "-m", "seedswarm.peer.cli", "peer", "--name", name, "--json-log", str(self.json_log), "--quiet", *args]
         self._out = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                      start_new_session=True)

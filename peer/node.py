@@ -55,6 +55,7 @@ from .core.events import (CheckpointInstalled, Compute, ComputeFailed, Connect, 
 from .dht import SwarmDHT
 from .history import LEDGER_NAME, History, HistoryError, NoCheckpoint
 from .identity import load_identity
+from . import reach
 from .process import descendants
 from .transport import Links
 from .wire import WireMeter
@@ -94,6 +95,9 @@ class Node:
         self.dht: SwarmDHT | None = None
         self.links: Links | None = None
         self.core: SwarmCore | None = None
+        self.reach: reach.ReachPlan = reach.ReachPlan(False, (), "")
+        self.relayed_via: list[str] = []            # our relays we hold a connection (reservation) to
+        self.addrs_of: dict[bytes, list[str]] = {}  # members' published dial addresses (DHT)
 
     # =========================================================================== start
     async def start(self) -> None:
@@ -120,8 +124,11 @@ class Node:
         self.signer = self.identity.signer
         self.machine = self.signer.machine
         try:  # created on this long-lived thread: its process dies with this one
+            self.reach = reach.plan(cfg.reachability, [*cfg.host_maddrs, *cfg.announce_maddrs], cfg.initial_peers,
+                                    cfg.relays)
             self.dht = SwarmDHT.start(self.signer, str(self.identity.path), initial_peers=cfg.initial_peers,
-                                      host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs)
+                                      host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
+                                      relays=self.reach.relays if self.reach.private else ())
         except Exception as exc:
             raise PeerError(f"could not start the libp2p/DHT node (check --host-maddrs, --initial-peers): {exc}") from None
         self._started = True
@@ -156,12 +163,13 @@ class Node:
         self.core = SwarmCore(self.spec, self.signer, core_cfg, ticket=self.ticket, sealed=opened.sealed,
                               ledger=self.history.ledger, digests=opened.digests)
         self.core.floor = self.history.base_step
-        self.links = Links(self.p2p, self.swarm, self.machine, self._post)
+        self.links = Links(self.p2p, self.swarm, self.machine, self._post, addresses=self._dial_addrs)
         await self.links.start()
         await self.p2p.add_binary_stream_handler(checkpoint_protocol(self.swarm), self._serve_checkpoint)
         await self.dht.publish_spec(self.spec)
         self._event("started", peer_id=str(self.identity.peer_id), swarm_id=self.swarm.hex(), maddrs=self.dht.maddrs(),
-                    step=opened.sealed, resumed=cfg.resume)
+                    step=opened.sealed, resumed=cfg.resume, reach="private" if self.reach.private else "public",
+                    reach_reason=self.reach.reason, relays=list(self.reach.relays))
         self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._ticker()),
                        asyncio.create_task(self._dht_loop())]
 
@@ -344,8 +352,14 @@ class Node:
 
     async def _fetch_checkpoint(self, action: FetchCheckpoint) -> None:
         dest = self.workdir / "incoming.safetensors"
-        for peer in action.peers:
+        # two rounds: a transfer cut short (a relayed connection replaced by a hole-punched one
+        # drops its streams) usually succeeds on the new connection
+        for attempt, peer in enumerate([*action.peers, *action.peers]):
+            if attempt == len(action.peers):
+                await asyncio.sleep(2.0)
             try:
+                with contextlib.suppress(Exception):  # behind NAT it is reachable only at what it published
+                    await self.links.connect_published(peer)
                 _, reader, writer = await asyncio.wait_for(
                     self.p2p.call_binary_stream_handler(PeerID(peer), checkpoint_protocol(self.swarm)), 30)
                 try:
@@ -354,6 +368,8 @@ class Node:
                     writer.close()
             except Exception as exc:
                 logger.info("checkpoint of step %d from %s failed: %s", action.step, PeerID(peer), exc)
+                self._event("checkpoint_source_failed", peer=str(PeerID(peer)), step=action.step,
+                            error=(str(exc) or type(exc).__name__)[:200])
                 continue
             ok = await self._in_worker(self.history.install, dest, action.step, action.digest, action.replay_to)
             if ok:
@@ -381,7 +397,7 @@ class Node:
         loop = asyncio.get_running_loop()
         seen: set[bytes] = set()
         discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
-        registered_step, last_register = -1, 0.0
+        registered_step, last_register, next_unreachable_note = -1, 0.0, loop.time() + 20.0
         while True:
             try:
                 now = loop.time()
@@ -390,10 +406,18 @@ class Node:
                     registered_step, last_register = self.core.sealed, now
                     await self.dht.register(swarm, self._member_info(), ttl=3 * cfg.dht_refresh)
                     next_register = now + cfg.dht_refresh
+                await self._check_relays()
                 starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
+                if starting and now >= next_unreachable_note and self._unreachable():
+                    self._event("unreachable", step=self.core.sealed, **self._unreachable())
+                    next_unreachable_note = now + 30.0
                 if now >= next_discovery or starting:
                     buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 8)  # all at first
-                    found = set(await self.dht.members(swarm, buckets)) - {self.machine}
+                    members = await self.dht.members(swarm, buckets)
+                    for machine, info in members.items():
+                        if machine != self.machine:
+                            self.addrs_of[machine] = list(info.addrs)
+                    found = set(members) - {self.machine}
                     self._post(PeersFound(tuple(sorted(found))))
                     new, seen = found - seen, seen | found
                     # linked to every member we know of, or to as many as we keep: nothing to look for
@@ -416,6 +440,24 @@ class Node:
             rounds += 1
             await asyncio.sleep(1.0)
 
+    async def _check_relays(self) -> None:
+        """Which of our relays we are connected to (a reservation lives on that connection);
+        says so when that changes, e.g. when a relay went away and only the others remain."""
+        if not self.reach.private:
+            return
+        try:
+            connected = {str(p.peer_id) for p in await self.p2p.list_peers()}
+        except Exception as exc:  # the daemon is busy or gone: keep what we had
+            logger.debug("list_peers failed: %r", exc)
+            return
+        via = [r for r in self.reach.relays if reach.relay_peer_id(r) in connected]
+        if via != self.relayed_via:
+            self.relayed_via = via
+            self._event("relays", connected=[reach.relay_peer_id(r) for r in via], of=len(self.reach.relays))
+
+    def _dial_addrs(self, machine: bytes) -> list[str]:
+        return self.addrs_of.get(machine, [])
+
     def _represents(self) -> bool:
         """A few peers per swarm announce it: those whose id is among the 3 smallest they know."""
         known = sorted([self.machine, *self.core.gossip.links])
@@ -427,13 +469,16 @@ class Node:
         digest = core.digests.get(digest_step)
         sent, received = self.wire or (0, 0)
         loss = self.loss if self.loss is not None and math.isfinite(self.loss) else None
-        return MemberInfo(step=core.sealed, status=PHASE_STATUS.get(core.phase, "training"), name=self.config.name[:64],
+        return MemberInfo(step=core.sealed, status="isolated" if core.isolated else PHASE_STATUS.get(core.phase, "training"), name=self.config.name[:64],
                           loss=loss, step_time_ms=int(core.step_time * 1000),
                           checkpoint=core.sealed // core.cfg.checkpoint_every * core.cfg.checkpoint_every,
                           sent=sent, received=received, heals=core.heals, late=core.late_applied,
                           rejected=sum(core.reasons.values()),
                           suspects={m.hex(): n for m, n in core.rejects_of.most_common(8)},
-                          peers=len(core.gossip.links), digest=digest.hex() if digest else "", digest_step=digest_step)
+                          peers=len(core.gossip.links), digest=digest.hex() if digest else "", digest_step=digest_step,
+                          reach=("relayed" if self.relayed_via else "private") if self.reach.private else "public",
+                          relay=reach.relay_peer_id(self.relayed_via[0])[:128] if self.relayed_via else "",
+                          addrs=tuple(reach.dial_addrs(self.dht.maddrs(), self.reach, str(self.identity.peer_id))))
 
     # =========================================================================== train, stop
     async def train(self) -> dict:
@@ -513,8 +558,21 @@ class Node:
     def _loop(self):
         return self._done.get_loop()
 
+    def _unreachable(self) -> dict:
+        """Known peers we cannot link to, and why (the last dial error), for the messages
+        that say why a peer waits."""
+        failures = {m: e for m, e in self.links.failures.items() if m not in self.core.gossip.links}
+        if not failures:
+            return {}
+        hint = ("" if self.reach.private or not self.config.initial_peers else
+                "; if this machine is behind NAT, try --reachability private (relays: the initial peers)")
+        error = next(iter(failures.values()))
+        return {"unreachable": len(failures), "reason": f"cannot reach {len(failures)} peer(s): {error}{hint}"}
+
     def _core_log(self, action: Log) -> None:
         fields = dict(action.fields)
+        if action.event == "isolated":
+            fields.update(self._unreachable())
         if action.event == "step":
             fields["loss"] = self.loss
             fields["wire_sent"], fields["wire_received"] = self.wire or (None, None)

@@ -48,7 +48,12 @@ class ReapedDHT(hivemind.DHT):
 
     Create it from a thread that lives as long as the peer (the main thread, or the peer's
     event-loop thread): Linux delivers the signal when the creating thread exits.
+    ``p2pd_args``: extra p2pd flags hivemind's P2P.create has no parameter for.
     """
+
+    def __init__(self, *args, p2pd_args: tuple[str, ...] = (), **kwargs) -> None:
+        self._p2pd_args = tuple(p2pd_args)  # set before hivemind forks the DHT process
+        super().__init__(*args, **kwargs)
 
     def run(self) -> None:
         die_with_parent()
@@ -56,8 +61,12 @@ class ReapedDHT(hivemind.DHT):
             os._exit(1)
         spawn = asyncio.subprocess.create_subprocess_exec
 
+        extra = self._p2pd_args
+
         async def spawn_reaped(*args, **kwargs):
             kwargs.setdefault("preexec_fn", _reaped_daemon)
+            if extra and args and os.path.basename(str(args[0])) == "p2pd":
+                args = (*args, *extra)
             return await spawn(*args, **kwargs)
 
         asyncio.subprocess.create_subprocess_exec = spawn_reaped  # only inside this child process

@@ -29,11 +29,21 @@ from hivemind.p2p import P2P, PeerID
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import MAX_MESSAGE_BYTES, Message, decode_message, encode_message
 from .core.events import LinkDown, LinkUp, Malformed, Received
+from .reach import BinaryMaddr
 
 logger = logging.getLogger("seedswarm.transport")
 
 OUTBOX_FRAMES = 4096
 DIAL_TIMEOUT = 15.0
+MAX_DIAL_ADDRS = 8
+
+
+def _dial_error(exc: BaseException) -> str:
+    """A dial failure in a few words (p2pd's message lists every address it tried)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer in {DIAL_TIMEOUT:g} s"
+    text = str(exc).replace("\n", " ")
+    return text[:160] or type(exc).__name__
 
 
 def link_protocol(swarm: bytes) -> str:
@@ -64,8 +74,11 @@ class _Link:
 class Links:
     """The node's links. ``emit(event)`` receives LinkUp / LinkDown / Received / Malformed."""
 
-    def __init__(self, p2p: P2P, swarm: bytes, me: bytes, emit: Callable[[object], None]) -> None:
+    def __init__(self, p2p: P2P, swarm: bytes, me: bytes, emit: Callable[[object], None],
+                 addresses: Callable[[bytes], list[str]] | None = None) -> None:
         self.p2p, self.swarm, self.me, self.emit = p2p, swarm, me, emit
+        self.addresses = addresses  # a peer's published dial addresses (its member entry), if known
+        self.failures: dict[bytes, str] = {}  # the last dial error of each peer we could not link to
         self.name = link_protocol(swarm)
         self._links: dict[bytes, _Link] = {}
         self._dialing: set[bytes] = set()
@@ -123,15 +136,32 @@ class Links:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def connect_published(self, peer: bytes) -> None:
+        """Connect through the addresses the peer published (direct ones and circuits through
+        its relays): a peer behind NAT is reachable only through those, and p2pd knows no
+        address of it otherwise. Uses hivemind's p2p client (private API: P2P has no connect)."""
+        addrs = []
+        for text in (self.addresses(peer) if self.addresses else [])[:MAX_DIAL_ADDRS]:
+            try:
+                addrs.append(BinaryMaddr(text))
+            except (ValueError, TypeError):  # published by a stranger: skip what does not parse
+                continue
+        if addrs:
+            await asyncio.wait_for(self.p2p._client.connect(PeerID(peer), addrs), DIAL_TIMEOUT)
+
     async def _dial(self, peer: bytes) -> None:
         try:
+            with contextlib.suppress(Exception):  # a failed connect still leaves p2pd's own addresses to try
+                await self.connect_published(peer)
             _, reader, writer = await asyncio.wait_for(self.p2p.call_binary_stream_handler(PeerID(peer), self.name),
                                                        DIAL_TIMEOUT)
         except Exception as exc:
             logger.debug("could not link to %s: %r", PeerID(peer), exc)
+            self.failures[peer] = _dial_error(exc)
             return
         finally:
             self._dialing.discard(peer)
+        self.failures.pop(peer, None)
         link = self._register(peer, True, reader, writer)
         if link is not None:
             await link.done.wait()

@@ -36,6 +36,8 @@ MEMBER_BUCKETS = 64
 BUCKET_CAP = 16
 STATUSES = ("starting", "waiting", "syncing", "training", "finishing", "done", "leaving", "isolated")
 REACH = ("unknown", "public", "relayed", "private")
+MAX_MEMBER_ADDRS = 4      # member.addrs: at most this many multiaddrs ...
+MAX_ADDR_CHARS = 200      # ... of at most this many characters each
 _U64 = (1 << 64) - 1
 
 
@@ -75,9 +77,12 @@ class MemberInfo:
     peers: int = 0           # its neighbours
     digest: str = ""         # its weight digest (hex) after digest_step sealed steps ("" / 0: none yet)
     digest_step: int = 0
+    addrs: tuple[str, ...] = ()  # multiaddrs others may dial it at (circuit addresses through its relays first)
 
     def to_obj(self) -> dict:
-        return asdict(self)
+        obj = asdict(self)
+        obj["addrs"] = list(self.addrs)
+        return obj
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ def decode_member(obj: object) -> MemberInfo:
         raise ProtocolError("member status or reach is not a known value")
     _text(d["name"], "member.name", 64)
     _text(d["relay"], "member.relay", 128)
+    addrs = d["addrs"]
+    if type(addrs) is not list or len(addrs) > MAX_MEMBER_ADDRS or any(
+            type(a) is not str or not a.startswith("/") or len(a) > MAX_ADDR_CHARS or not a.isascii() for a in addrs):
+        raise ProtocolError(f"member.addrs must be a list of at most {MAX_MEMBER_ADDRS} ASCII strings starting with "
+                            f"'/' of at most {MAX_ADDR_CHARS} characters")
+    d = {**d, "addrs": tuple(addrs)}
     loss = d["loss"]
     if loss is not None and (type(loss) is not float or not math.isfinite(loss)):
         raise ProtocolError("member.loss must be a finite float or nil")

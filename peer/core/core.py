@@ -1013,6 +1013,11 @@ class SwarmCore:
             sources.sort(key=lambda p: (-self.standing(p), -self.gossip.links[p].status.sealed, p))
             self._range = self._ask_range(sources[0], self.horizon, frontier, "catchup", out)
 
+    @property
+    def isolated(self) -> bool:
+        """Training but waiting: no other peer takes part (see _enough_peers)."""
+        return not self._enough and self.phase == "train"
+
     def _enough_peers(self, out: list) -> bool:
         """A peer never trains alone while it believes it is in a swarm (``min_peers`` > 1): it
         seals steps only while another peer takes part, counting the authors of records of
