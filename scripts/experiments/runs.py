@@ -35,6 +35,13 @@ ZO_LR = 1e-4
 EPS = 1e-3
 CLIP = 64.0
 
+#: The update rules compared (scripts/experiments/README.md): name -> (spec.aggregation.normalize, lr).
+#: Each rule's lr was picked on 30-step, 4-peer runs of this task (the command and numbers are in
+#: docs/RESULTS.md section 6): vanilla 1e-4 (2e-4 and 4e-4 were no better), rms 1e-3 (3e-4 and
+#: 6e-4 slower, 2e-3 unstable).
+RULES: dict[str, tuple[str, float]] = {"vanilla": ("none", ZO_LR), "rms": ("rms", 1e-3)}
+RULE_PEERS = (1, 4)
+
 #: What a codec sends per projected gradient (bytes) and what value the update then uses.
 #: "onebyte" goes through the real record path (Replica.local_step / Replica.apply) instead.
 CODECS: dict[str, tuple[float, Callable[[float], float] | None]] = {
