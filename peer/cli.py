@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.set_defaults(func=cmd_digest)
 
-    p = sub.add_parser("data", help="write the bundled sentiment task as train/test JSONL")
+    p = sub.add_parser("data", help="write the bundled sentiment task as train/test/unseen (out-of-template) JSONL")
     p.add_argument("name", choices=["sentiment"])
     p.add_argument("--out", required=True)
     p.add_argument("--min-rating", type=float, default=1.0, help="keep words with |mean rating| >= this")
