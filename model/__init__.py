@@ -1,6 +1,6 @@
 """The math on tensors: perturbations, the SPSA estimator, replicas and replay, tasks and loading."""
 
-from .data import BatchStream, DataError, read_jsonl, sentiment_examples, shard, split, write_jsonl
+from .data import BatchStream, DataError, SentimentData, read_jsonl, sentiment_data, sentiment_examples, shard, split, write_jsonl
 from .digest import weight_digest
 from .evaluate import evaluate
 from .loading import BUNDLED_ID, ModelLoadError, load_model, load_saved
@@ -12,6 +12,6 @@ from .zo import ZerothOrder, select_parameters
 __all__ = [
     "BUNDLED_ID", "PRESETS", "BatchStream", "DataError", "LocalStep", "ModelLoadError", "Replica", "Task", "Term",
     "ZerothOrder", "apply", "apply_reference", "build_task", "evaluate", "load_model", "load_saved", "read_jsonl",
-    "register_task", "replay", "select_parameters", "sentiment_examples", "shard", "split", "task_model_class",
+    "register_task", "replay", "select_parameters", "SentimentData", "sentiment_data", "sentiment_examples", "shard", "split", "task_model_class",
     "weight_digest", "write_jsonl", "z_reference",
 ]

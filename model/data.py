@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,25 +96,85 @@ def shard(examples: Sequence[Example], index: int, count: int) -> list[Example]:
     return [e for e in examples if (text_hash(e["text"]) // 10_000) % count == index]
 
 
-def sentiment_examples(min_abs_rating: float = 1.0) -> list[Example]:
-    """The bundled task: "The movie was {word}." labelled by the VADER lexicon's mean rating.
+#: The phrasings the default task trains on (and its in-distribution held-out set uses). Several
+#: subjects, tenses and word positions, so that what is learnt is the word's sentiment, not
+#: one sentence.
+TRAIN_TEMPLATES = (
+    "The movie was {word}.",
+    "I found the film {word}.",
+    "Honestly, the acting felt {word}.",
+    "The service at this restaurant is {word}.",
+    "My week has been {word}.",
+    "It is a {word} book.",
+    "Our trip to the coast was {word}.",
+    "{word}. That sums up the show.",
+)
+#: Phrasings never trained on: the out-of-template evaluation (with held-out words only).
+UNSEEN_TEMPLATES = (
+    "Everyone agreed the concert was {word}.",
+    "What a {word} experience that turned out to be!",
+    "The new phone is {word}, in my opinion.",
+    "Reviewers called the hotel {word}.",
+)
 
-    ~7,500 English words rated by 10 people from -4 to +4 ship with vaderSentiment; words
-    (alphabetic entries) with |mean| >= ``min_abs_rating`` give a positive (1) or negative (0)
-    example each.
-    """
+
+def sentiment_words(min_abs_rating: float = 1.0) -> list[tuple[str, int]]:
+    """(word, label) for the VADER lexicon's alphabetic words with |mean rating| >= ``min_abs_rating``
+    (label 1 if the rating is positive), in lexicon order.
+
+    ~7,500 English words rated by 10 people from -4 to +4 ship with vaderSentiment."""
     import vaderSentiment
 
     lexicon = Path(vaderSentiment.__file__).with_name("vader_lexicon.txt")
-    examples = []
+    words = []
     for line in lexicon.read_text(encoding="utf-8").splitlines():
         fields = line.split("\t")
         if len(fields) < 2 or not fields[0].isalpha():
             continue
         rating = float(fields[1])
         if abs(rating) >= min_abs_rating:
-            examples.append({"text": f"The movie was {fields[0]}.", "label": int(rating > 0)})
-    return examples
+            words.append((fields[0], int(rating > 0)))
+    return words
+
+
+def render(word: str, template: str) -> str:
+    """A template filled with a word (capitalised when the word opens the sentence)."""
+    return template.format(word=word.capitalize() if template.startswith("{word}") else word)
+
+
+def sentiment_examples(min_abs_rating: float = 1.0, template: str = "The movie was {word}.") -> list[Example]:
+    """Every lexicon word (``sentiment_words``) in one template: the single-template set of
+    protocol v2's first releases (tests and benchmarks that need a fixed, small task use it)."""
+    return [{"text": render(w, template), "label": label} for w, label in sentiment_words(min_abs_rating)]
+
+
+@dataclass(frozen=True)
+class SentimentData:
+    """The bundled task's three sets. Words are split, not sentences, so no held-out word is
+    ever trained on in any template.
+
+    - ``train``: every training word in every one of ``TRAIN_TEMPLATES``;
+    - ``test`` (in-distribution held-out): every held-out word once, in one training template
+      picked by a hash of the word;
+    - ``unseen`` (out-of-template): every held-out word once, in one of ``UNSEEN_TEMPLATES``."""
+
+    train: list[Example]
+    test: list[Example]
+    unseen: list[Example]
+
+
+def sentiment_data(min_abs_rating: float = 1.0, test_fraction: float = 0.2) -> SentimentData:
+    """The default task's data, identical on every peer (splits by word hash, as ``split``)."""
+    words = sentiment_words(min_abs_rating)
+    cut = int(test_fraction * 10_000)
+    held = [(w, l) for w, l in words if text_hash(w) % 10_000 < cut]
+    kept = [(w, l) for w, l in words if text_hash(w) % 10_000 >= cut]
+    train = [{"text": render(w, t), "label": l} for w, l in kept for t in TRAIN_TEMPLATES]
+
+    def once(templates: Sequence[str]) -> list[Example]:
+        return [{"text": render(w, templates[(text_hash(w) // 10_000) % len(templates)]), "label": l} for w, l in held]
+
+    return SentimentData(train, once(TRAIN_TEMPLATES), once(UNSEEN_TEMPLATES))
 
 
 class BatchStream:

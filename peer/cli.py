@@ -104,7 +104,7 @@ def cmd_digest(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from ..model.data import sentiment_examples, split, write_jsonl
+    from ..model.data import sentiment_data, write_jsonl
 
     if not 0.0 < args.test_fraction < 1.0:
         raise UsageError("--test-fraction must be between 0 and 1 (exclusive)")
@@ -113,15 +113,18 @@ def cmd_data(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
-    train, test = split(sentiment_examples(args.min_rating), args.test_fraction)
+    data = sentiment_data(args.min_rating, args.test_fraction)
+    train, test = data.train, data.test
     if not train or not test:
         raise UsageError(f"--min-rating {args.min_rating} leaves too few examples to split")
     try:
         write_jsonl(out / "train.jsonl", train)
         write_jsonl(out / "test.jsonl", test)
+        write_jsonl(out / "unseen.jsonl", data.unseen)
     except OSError as exc:
         raise UsageError(f"--out {args.out!r}: cannot write ({exc.strerror or exc})") from None
-    print(f"wrote {len(train)} training and {len(test)} held-out examples to {args.out}/{{train,test}}.jsonl")
+    print(f"wrote {len(train)} training, {len(test)} held-out and {len(data.unseen)} out-of-template examples to "
+          f"{args.out}/{{train,test,unseen}}.jsonl")
     return 0
 
 
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.set_defaults(func=cmd_digest)
 
-    p = sub.add_parser("data", help="write the bundled sentiment task as train/test JSONL")
+    p = sub.add_parser("data", help="write the bundled sentiment task as train/test/unseen (out-of-template) JSONL")
     p.add_argument("name", choices=["sentiment"])
     p.add_argument("--out", required=True)
     p.add_argument("--min-rating", type=float, default=1.0, help="keep words with |mean rating| >= this")

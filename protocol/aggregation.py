@@ -1,6 +1,6 @@
 """The step rule: a sealed step's records -> the update terms every replica applies.
 
-One place for every step-level rule (robust clipping now; normalisations later), each a
+One place for every step-level rule (robust clipping, then normalisation), each a
 pure function of the spec and the step's applicable records in canonical order, so every
 replica, and every replay, computes the same terms bit for bit.
 
@@ -18,12 +18,24 @@ the less the further out it is::
     g'_ij = g_ij if |g_ij| <= b, else (b*b)/|g_ij| if g_ij > 0, else -((b*b)/|g_ij|)
 
 (a hostile peer's largest byte then counts almost nothing; a gradient exactly at b counts b,
-the most any gradient counts). ``"none"`` keeps g' = g. The update of sample j of record r is then
-(SPEC section 10.4) ``coef = f32(-(lr(r.step) * g'_ij))`` with the decay of the tensor.
+the most any gradient counts). ``"none"`` keeps g' = g.
+
+Then ``spec.aggregation.normalize = "rms"`` (FZOO-style) rescales the step by its own spread::
+
+    S = 0.0;  for every g'_ij in order (records canonical, samples in order): S = S + g'_ij * g'_ij
+    s = sqrt(S / K)                       (double: each product, sum, the division and sqrt rounded)
+    g''_ij = g'_ij / s if s > 0 else g'_ij
+
+so a step moves the weights by about lr along each direction whatever the gradients' scale
+(the scale of ZO estimates drifts over training and differs between models, and one noisy
+large estimate no longer sets the step length). ``"none"`` keeps g'' = g'. The update of
+sample j of record r is then (SPEC section 10.4) ``coef = f32(-(lr(r.step) * g''_ij))`` with
+the decay of the tensor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,9 +63,8 @@ def clip_bound(spec: SwarmSpec, values: Sequence[float]) -> float | None:
     return spec.aggregation.clip_factor * magnitudes[(len(magnitudes) - 1) // 2]
 
 
-def step_gradients(spec: SwarmSpec, records: Sequence[Record]) -> list[list[float]]:
-    """The effective gradients g' of each record (same order), per the spec's step rule."""
-    values = [r.values(spec.codec.clip) for r in records]
+def clipped(spec: SwarmSpec, values: list[list[float]]) -> list[list[float]]:
+    """g' of every decoded gradient (per record, same order): the robust clip of the step."""
     bound = clip_bound(spec, [v for vs in values for v in vs])
     if bound is None:
         return values
@@ -61,6 +72,35 @@ def step_gradients(spec: SwarmSpec, records: Sequence[Record]) -> list[list[floa
         square = bound * bound
         return [[v if abs(v) <= bound else (square / abs(v) if v > 0 else -(square / abs(v))) for v in vs] for vs in values]
     return [[v if abs(v) <= bound else (bound if v > 0 else -bound) for v in vs] for vs in values]
+
+
+def spread(values: list[list[float]]) -> float:
+    """The root mean square of all of a step's gradients, summed in application order."""
+    total, count = 0.0, 0
+    for vs in values:
+        for v in vs:
+            total = total + v * v
+            count += 1
+    return math.sqrt(total / count) if count else 0.0
+
+
+def normalized(spec: SwarmSpec, values: list[list[float]], canonical: list[list[float]] | None = None) -> list[list[float]]:
+    """g'' = g' / (the step's RMS) under ``normalize = "rms"``; g' otherwise (or if the RMS is 0).
+    ``canonical``: the same lists in canonical record order, if ``values`` are not (the sum's order)."""
+    if spec.aggregation.normalize == "none":
+        return values
+    s = spread(values if canonical is None else canonical)
+    if not s > 0.0:
+        return values
+    return [[v / s for v in vs] for vs in values]
+
+
+def step_gradients(spec: SwarmSpec, records: Sequence[Record]) -> list[list[float]]:
+    """The effective gradients g'' of each record (same order), per the spec's step rule:
+    decode, clip, normalize. Sums run in canonical order whatever order ``records`` are in."""
+    values = clipped(spec, [r.values(spec.codec.clip) for r in records])
+    order = sorted(range(len(records)), key=lambda i: records[i].order_key)
+    return normalized(spec, values, [values[i] for i in order])
 
 
 def step_terms(spec: SwarmSpec, records: Sequence[Record]) -> list[UpdateTerm]:

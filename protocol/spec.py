@@ -34,6 +34,7 @@ MAX_SPEC_BYTES = 32 * 1024
 DTYPES = ("float32", "bfloat16", "float16")
 ADMISSION_MODES = ("open", "members")
 CLIP_RULES = ("none", "median", "redescend")
+NORMALIZE_RULES = ("none", "rms")
 MAX_WINDOW = 64
 MAX_SCALE = 1e3      # eps and weight_decay: far beyond any useful value, and never an infinite decay
 MIN_CLIP = 1e-30     # the codec's smallest scale clip * 2**-64 stays a normal double
@@ -84,10 +85,16 @@ class Aggregation:
     ``"median"`` clips every gradient to [-b, b]; ``"redescend"`` keeps gradients within the
     bound and gives one beyond it the magnitude b*b/|g| (the further out, the less it counts:
     the largest byte a hostile peer can send counts almost nothing, and no gradient counts more
-    than b); ``"none"`` applies gradients as decoded."""
+    than b); ``"none"`` applies gradients as decoded.
+
+    Then ``normalize``: ``"rms"`` divides every (clipped) gradient of the step by the root mean
+    square of them all (FZOO-style: the step's own spread sets the step size, so the lr is a
+    step length, not a multiplier of a noisy gradient scale); ``"none"`` (the default) keeps
+    them. An optional field: canonical bytes carry it only when it is not ``"none"``."""
 
     clip: str = "redescend"
     clip_factor: float = 2.0
+    normalize: str = "none"
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,17 @@ class SwarmSpec:
 
     # --- conversions ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The spec's canonical map: every field, except optional fields at their default."""
         d = asdict(self)
         for key in ("trainable", "frozen", "no_decay"):
             d[key] = list(d[key])
+        for path, default in OPTIONAL_FIELDS.items():
+            *parents, last = path
+            level = d
+            for key in parents:
+                level = level[key]
+            if level[last] == default and type(level[last]) is type(default):
+                del level[last]
         return d
 
     def to_json(self) -> str:
@@ -207,6 +222,12 @@ def parse_swarm_id(text: str) -> bytes:
 
 
 # --- field types --------------------------------------------------------------------------------
+#: Fields added after protocol v2's first release, by path, with their defaults: a spec's
+#: canonical map holds them only when set away from the default (SPEC.md 4.1), so the swarm
+#: id of every spec that does not use them is what it was before they existed.
+OPTIONAL_FIELDS: dict[tuple[str, ...], Any] = {
+    ("aggregation", "normalize"): "none",
+}
 _NESTED = {"model": ModelRef, "task": TaskRef, "lr": LRSchedule, "codec": CodecParams,
            "aggregation": Aggregation, "admission": Admission}
 #: Fields whose JSON spelling may be an integer: widened to float before hashing.
@@ -325,6 +346,8 @@ def _validate(s: SwarmSpec) -> None:
     if type(s.aggregation) is not Aggregation or s.aggregation.clip not in CLIP_RULES:
         raise ProtocolError(f"spec.aggregation.clip must be one of {CLIP_RULES}")
     _float(s.aggregation.clip_factor, "spec.aggregation.clip_factor", positive=True, hi=1e6)
+    if s.aggregation.normalize not in NORMALIZE_RULES:
+        raise ProtocolError(f"spec.aggregation.normalize must be one of {NORMALIZE_RULES}")
     a = s.admission
     if type(a) is not Admission or a.mode not in ADMISSION_MODES:
         raise ProtocolError(f"spec.admission.mode must be one of {ADMISSION_MODES}")

@@ -27,12 +27,13 @@ import torch
 from seedswarm.model.digest import tensors_digest
 from seedswarm.peer.dht import Ed25519EntryValidator, owner_subkey
 from seedswarm.protocol import codec
-from seedswarm.protocol.aggregation import clip_bound, step_terms
+from seedswarm.protocol.aggregation import clip_bound, clipped, spread, step_gradients, step_terms
 from seedswarm.protocol.directory import MemberInfo, encode_entry, member_bucket, member_key
 from seedswarm.protocol.distributions import GAUSSIAN, GAUSSIAN_TABLE_SHA256, RADEMACHER, z_value
 from seedswarm.protocol.hashing import _CODEC_SALT, derive_seed, mix64, stream64, tensor_id, tensor_key
 from seedswarm.peer.core.trust import Votes as VoteBook
 from seedswarm.protocol import globs
+from seedswarm.protocol.canonical import pack
 from seedswarm.protocol.errors import ProtocolError
 from seedswarm.protocol.identity import (SMALL_ORDER, Signer, check_machine_id, issue_member_ticket, leading_zero_bits,
                                          member_message, pow_digest, solve_pow, verify)
@@ -309,7 +310,7 @@ def main() -> None:
         "step": step_v, "step_zero_median": zero_v, "update": update_v, "ledger": ledger_v, "digest": digest_v,
         "messages": messages_v, "dht_entry": dht_v, "ed25519": ed25519_vector(a),
         "globs": globs_vector(), "step_redescend": redescend_vector(a, b, c), "tally": tally_vector(),
-        "update_16bit": update_16bit_vector(),
+        "update_16bit": update_16bit_vector(), "step_rms": rms_vector(a, b, c), "spec_optional": optional_vector(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(vectors, indent=1, ensure_ascii=True) + "\n")
@@ -393,6 +394,47 @@ def redescend_vector(a: Signer, b: Signer, c: Signer) -> dict:
             "records": [r.encode().hex() for r in recs], "decoded_hex": [d_hex(v) for v in values],
             "bound_hex": d_hex(clip_bound(spec, values)),
             "terms": [{"seed": f"{t.seed:016x}", "coef_hex": f_hex(t.coef), "decay_hex": f_hex(t.decay)} for t in terms]}
+
+
+def rms_vector(a: Signer, b: Signer, c: Signer) -> dict:
+    """The step of ``step_redescend`` under ``aggregation.normalize = "rms"``: clipped values,
+    their root mean square (section 10.3) and the terms."""
+    spec = SwarmSpec.from_dict(dict(full_spec_json(), admission={"mode": "open"}, aggregation={"normalize": "rms"}))
+    d = Signer(bytes(range(96, 128)))
+    recs = [Record.create(a, spec.swarm_id, 3, 2, bytes([10, 0xF0])), Record.create(b, spec.swarm_id, 3, 2, bytes([5, 12])),
+            Record.create(c, spec.swarm_id, 3, 0, bytes([0x81, 0x7F])), Record.create(d, spec.swarm_id, 3, 1, bytes([0, 0xF9]))]
+    ordered = sorted(recs, key=lambda r: r.machine)
+    clipped_values = clipped(spec, [r.values(spec.codec.clip) for r in ordered])
+    terms = step_terms(spec, recs)
+    return {"spec_json": json.dumps(spec.to_dict(), sort_keys=True), "swarm_id": spec.swarm_id_hex,
+            "records": [r.encode().hex() for r in recs],
+            "clipped_hex": [d_hex(v) for vs in clipped_values for v in vs], "rms_hex": d_hex(spread(clipped_values)),
+            "normalized_hex": [d_hex(v) for vs in step_gradients(spec, ordered) for v in vs],
+            "terms": [{"seed": f"{t.seed:016x}", "coef_hex": f_hex(t.coef), "decay_hex": f_hex(t.decay)} for t in terms]}
+
+
+def optional_vector() -> dict:
+    """Optional fields (section 4.1): at their default they are left out of the canonical bytes
+    (the swarm id of a spec that does not use them is unchanged); canonical bytes that carry one
+    at its default must be rejected."""
+    minimal = {"name": "vectors-minimal", "model": {"id": "m"}, "task": {"kind": "label-prompts"}}
+    plain = SwarmSpec.from_dict(minimal)
+    explicit = SwarmSpec.from_dict(dict(minimal, aggregation={"normalize": "none"}))
+    assert explicit.swarm_id == plain.swarm_id
+    full = dict(plain.to_dict())
+    full["aggregation"] = dict(full["aggregation"], normalize="none")
+    bad = pack(full)
+    try:
+        SwarmSpec.from_canonical(bad)
+        raise AssertionError("an optional field at its default was accepted in canonical bytes")
+    except ProtocolError:
+        pass
+    rms = SwarmSpec.from_dict(dict(minimal, aggregation={"normalize": "rms"}))
+    return {"json_explicit_default": json.dumps(dict(minimal, aggregation={"normalize": "none"})),
+            "swarm_id_default": plain.swarm_id_hex, "canonical_default": plain.canonical_bytes().hex(),
+            "rejected_canonical": bad.hex(),
+            "json_rms": json.dumps(dict(minimal, aggregation={"normalize": "rms"})),
+            "swarm_id_rms": rms.swarm_id_hex, "canonical_rms": rms.canonical_bytes().hex()}
 
 
 def tally_vector() -> dict:

@@ -19,7 +19,7 @@ def test_demo_learns_and_its_ledger_replays_to_the_saved_model(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("accuracy_before", "accuracy_after", "steps", "peers", "payload_bytes_per_gradient",
+    for key in ("accuracy_before", "accuracy_after", "unseen_accuracy_before", "unseen_accuracy_after", "steps", "peers", "payload_bytes_per_gradient",
                 "record_bytes_per_gradient", "wire_bytes_per_gradient", "replicas_identical", "seconds"):
         assert key in result
     assert result["steps"] == 20 and result["peers"] == 2
@@ -46,7 +46,8 @@ def test_demo_learns_and_its_ledger_replays_to_the_saved_model(tmp_path):
         assert phase in proc.stderr, (phase, proc.stderr[-3000:])
     # the curves next to the model, the saved files all readable alike, a narrow summary table
     assert Path(result["curves"]) == out / "curves.png" and (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert result["eval_subset"] == 256 and result["test_examples"] > 1000 and len(result["train_loss"]) == 20
+    assert result["eval_subset"] == 256 and result["test_examples"] > 1000 and result["unseen_examples"] > 1000
+    assert (out / "data" / "unseen.jsonl").exists() and len(result["train_loss"]) == 20
     assert len({p.stat().st_mode & 0o777 for p in (out / "model").iterdir()}) == 1
     from rich.console import Console
 

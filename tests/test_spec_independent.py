@@ -95,7 +95,7 @@ def test_spec_vectors():
         assert (data.hex(), sid.hex()) == (V[name]["canonical"], V[name]["swarm_id"])
         assert ssv2.spec_from_canonical(data)[1] == sid
     assert ssv2.spec_from_json(V["spec_widened"]["same_as_json"])[2].hex() == V["spec_widened"]["swarm_id"]
-    assert ssv2.spec_from_json(V["spec_minimal"]["json"])[0] == V["spec_minimal"]["filled"]
+    assert ssv2.canonical_map(ssv2.spec_from_json(V["spec_minimal"]["json"])[0]) == V["spec_minimal"]["filled"]
     with pytest.raises(ssv2.Invalid):
         ssv2.spec_from_canonical(bytes.fromhex(V["spec_rejected"]["canonical"]))
     o = V["spec_int_in_options"]
@@ -717,10 +717,31 @@ def test_redescend_and_default_rule_vectors():
     r = V["step_redescend"]
     spec, _, sid = ssv2.spec_from_json(r["spec_json"])
     assert sid.hex() == r["swarm_id"]
-    assert ssv2.spec_from_json(V["spec_minimal"]["json"])[0]["aggregation"] == {"clip": "redescend", "clip_factor": 2.0}
+    assert ssv2.spec_from_json(V["spec_minimal"]["json"])[0]["aggregation"] == {"clip": "redescend", "clip_factor": 2.0,
+                                                                               "normalize": "none"}
     terms = ssv2.step_terms(spec, sid, [ssv2.decode_record(bytes.fromhex(x)) for x in r["records"]])
     assert [(f"{a:016x}", ssv2.f32_hex(b), ssv2.f32_hex(c)) for a, b, c in terms] == [
         (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+
+
+def test_rms_step_vector():
+    r = V["step_rms"]
+    spec, _, sid = ssv2.spec_from_json(r["spec_json"])
+    assert sid.hex() == r["swarm_id"] and spec["aggregation"]["normalize"] == "rms"
+    terms = ssv2.step_terms(spec, sid, [ssv2.decode_record(bytes.fromhex(x)) for x in r["records"]])
+    assert [(f"{a:016x}", ssv2.f32_hex(b), ssv2.f32_hex(c)) for a, b, c in terms] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+
+
+def test_optional_spec_field_vector():
+    o = V["spec_optional"]
+    _, data, sid = ssv2.spec_from_json(o["json_explicit_default"])
+    assert sid.hex() == o["swarm_id_default"] and data.hex() == o["canonical_default"]
+    with pytest.raises(ssv2.Invalid):
+        ssv2.spec_from_canonical(bytes.fromhex(o["rejected_canonical"]))
+    _, data, sid = ssv2.spec_from_json(o["json_rms"])
+    assert sid.hex() == o["swarm_id_rms"] and data.hex() == o["canonical_rms"]
+    assert ssv2.spec_from_canonical(data)[1] == sid
 
 
 def test_tally_vector():

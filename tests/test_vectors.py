@@ -13,7 +13,7 @@ import torch
 from seedswarm.model.digest import tensors_digest
 from seedswarm.model.perturb import Term, apply, apply_reference
 from seedswarm.protocol import codec
-from seedswarm.protocol.aggregation import clip_bound, step_terms
+from seedswarm.protocol.aggregation import clip_bound, clipped, spread, step_gradients, step_terms
 from seedswarm.protocol.admission import check_record, check_vote
 from seedswarm.protocol.distributions import GAUSSIAN_TABLE_SHA256, gaussian_table_bytes, z_value
 from seedswarm.protocol.errors import ProtocolError
@@ -251,6 +251,30 @@ def test_redescend_step_vector():
     assert [d_hex(v) for v in values] == r["decoded_hex"] and d_hex(clip_bound(spec, values)) == r["bound_hex"]
     assert [(f"{t.seed:016x}", f32_hex(t.coef), f32_hex(t.decay)) for t in step_terms(spec, records)] == [
         (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+
+
+def test_rms_step_vector():
+    r = V["step_rms"]
+    spec = SwarmSpec.from_json(r["spec_json"])
+    assert spec.swarm_id_hex == r["swarm_id"] and spec.aggregation.normalize == "rms"
+    records = [decode_record(bytes.fromhex(x)) for x in r["records"]]
+    ordered = sorted(records, key=lambda x: x.order_key)
+    values = clipped(spec, [x.values(spec.codec.clip) for x in ordered])
+    assert [d_hex(v) for vs in values for v in vs] == r["clipped_hex"] and d_hex(spread(values)) == r["rms_hex"]
+    assert [d_hex(v) for vs in step_gradients(spec, ordered) for v in vs] == r["normalized_hex"]
+    assert [(f"{t.seed:016x}", f32_hex(t.coef), f32_hex(t.decay)) for t in step_terms(spec, records)] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+
+
+def test_optional_spec_field_vector():
+    o = V["spec_optional"]
+    explicit = SwarmSpec.from_json(o["json_explicit_default"])
+    assert explicit.swarm_id_hex == o["swarm_id_default"] and explicit.canonical_bytes().hex() == o["canonical_default"]
+    with pytest.raises(ProtocolError, match="canonical"):
+        SwarmSpec.from_canonical(bytes.fromhex(o["rejected_canonical"]))
+    rms = SwarmSpec.from_json(o["json_rms"])
+    assert rms.swarm_id_hex == o["swarm_id_rms"] and rms.canonical_bytes().hex() == o["canonical_rms"]
+    assert SwarmSpec.from_canonical(bytes.fromhex(o["canonical_rms"])) == rms
 
 
 def test_tally_vector():

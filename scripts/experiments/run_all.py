@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from runs import BATCH_SIZE, CLIP, EPS, ZO_LR, RunConfig, RunResult, Setting, steps_to_target, train_run
+from runs import (BATCH_SIZE, CLIP, EPS, RULE_PEERS, RULES, ZO_LR, RunConfig, RunResult, Setting, steps_to_target,
+                  train_run)
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAMW_LR = 3e-5
@@ -52,6 +53,36 @@ def plan(steps: int, eval_every: int) -> list[RunConfig]:
         RunConfig("adamw", f"first-order AdamW (lr {ADAMW_LR:g})", method="adamw", lr=ADAMW_LR, **one),
         *swarms[1:],
     ]
+
+
+def rules_plan(steps: int, eval_every: int) -> list[RunConfig]:
+    """The update-rule comparison: every rule of ``RULES`` with 1 and 4 peers, ``steps`` steps
+    each (P gradients per step), same data, seeds and batches; evaluated every ``eval_every``."""
+    return [RunConfig(f"rule-{name}-p{p}", f"{name} (normalize {norm}, lr {lr:g}), {p} peer{'s' * (p > 1)}", peers=p,
+                      steps=steps, eval_every=eval_every, lr=lr, normalize=norm)
+            for p in RULE_PEERS for name, (norm, lr) in RULES.items()]
+
+
+def final_accuracy(result: RunResult) -> float:
+    """A run's accuracy at its end on the subset: the mean of its last 3 evaluations (damps noise)."""
+    return statistics.fmean(e.accuracy for e in result.evals[-3:])
+
+
+def rules_rows(runs: dict[str, RunResult]) -> list[dict]:
+    """Per rule and peer count: final accuracies, and steps and bytes to reach vanilla's final
+    subset accuracy (``final_accuracy`` of the vanilla run with the same peers)."""
+    rows = []
+    for p in RULE_PEERS:
+        target = final_accuracy(runs[f"rule-vanilla-p{p}"])
+        for name in RULES:
+            r = runs[f"rule-{name}-p{p}"]
+            reached = steps_to_target(r, target)
+            sent = next((e.sent_bytes for e in r.evals if e.step == reached), None)
+            rows.append({"rule": name, "peers": p, "steps": r.config.steps, "lr": r.config.lr,
+                         "normalize": r.config.normalize, "target": target, "steps_to_target": reached,
+                         "bytes_to_target": sent, "final_subset": final_accuracy(r), "final_full": r.final_full,
+                         "final_unseen": r.final_unseen, "seconds": r.seconds, "eval_every": r.config.eval_every})
+    return rows
 
 
 def run_bench_codec(quick: bool) -> tuple[dict | None, str]:
@@ -155,6 +186,8 @@ def main() -> None:
     parser.add_argument("--demo-timeout", type=float, default=None, help="seconds allowed for `seedswarm demo` (default 600, --quick 180)")
     parser.add_argument("--eval-size", type=int, default=None, help="held-out subset for the curves (default 512, --quick 128)")
     parser.add_argument("--no-demo", action="store_true", help="skip the multi-process demo (no wire-byte measurement)")
+    parser.add_argument("--rules-only", action="store_true", help="only the update-rule comparison (RULES.md, "
+                        "rules_*.png, rules.json in --out; a few minutes); the full run includes it as section 6")
     parser.add_argument("--model", default=None, help="another model folder or hub id (default: the bundled MiniLM); "
                         "the test suite passes a tiny random BERT to run the whole pipeline in seconds")
     parser.add_argument("--test-size", type=int, default=None,
@@ -171,11 +204,25 @@ def main() -> None:
     setting = Setting(eval_size, args.model, args.test_size)
     zero_shot_model = setting.fresh_model()
     zero_shot, zero_shot_full = setting.accuracy(zero_shot_model), setting.accuracy(zero_shot_model, full=True)
+    zero_shot_unseen = setting.accuracy(zero_shot_model, unseen=True)
     del zero_shot_model
-    log(f"zero-shot: subset {zero_shot:.2f}%, full held-out {zero_shot_full:.2f}%")
+    log(f"zero-shot: subset {zero_shot:.2f}%, full held-out {zero_shot_full:.2f}%, out-of-template {zero_shot_unseen:.2f}%")
 
     runs: dict[str, RunResult] = {}
-    for cfg in plan(steps, eval_every):
+    if args.rules_only:
+        for cfg in rules_plan(steps, eval_every):
+            log(f"run {cfg.name}: {cfg.label}, {cfg.steps} steps")
+            runs[cfg.name] = train_run(cfg, setting, zero_shot, log)
+        from report import write_rules
+
+        wall = time.perf_counter() - started
+        write_rules(args.out, runs, rules_rows(runs), {
+            "command": "python scripts/experiments/run_all.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]),
+            "date": date, "wall": f"{wall / 60:.0f} min {wall % 60:.0f} s", "machine": machine(), "git": git_state(),
+            "zero_shot": zero_shot, "zero_shot_full": zero_shot_full, "zero_shot_unseen": zero_shot_unseen})
+        log(f"wrote {args.out / 'RULES.md'} in {wall / 60:.1f} min")
+        return
+    for cfg in plan(steps, eval_every) + rules_plan(steps, eval_every):
         log(f"run {cfg.name}: {cfg.label}, {cfg.steps} steps")
         runs[cfg.name] = train_run(cfg, setting, zero_shot, log)
 
@@ -247,11 +294,12 @@ def main() -> None:
     wall = time.perf_counter() - started
     command = "python scripts/experiments/run_all.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
     ctx = {
-        "runs": runs, "zero_shot": zero_shot, "zero_shot_full": zero_shot_full, "target": target, "target_rule": target_rule,
+        "runs": runs, "zero_shot": zero_shot, "zero_shot_full": zero_shot_full, "zero_shot_unseen": zero_shot_unseen,
+        "rules": rules_rows(runs), "target": target, "target_rule": target_rule,
         "scaling": scaling_rows(runs, target), "bench": bench, "justonebyte": job, "demo": demo,
         "bytes_rows": bytes_rows, "justonebyte_note": job_note, "notes": notes,
         "setting": {"numel": setting.numel, "train": len(setting.train), "test": len(setting.test), "eval_size": len(setting.eval_set),
-                    "test_full": setting.test_full, "model": setting.model_id, "zo_lr": ZO_LR, "eps": EPS, "clip": CLIP, "batch": BATCH_SIZE, "adamw_lr": ADAMW_LR, "steps": steps},
+                    "test_full": setting.test_full, "unseen": len(setting.unseen), "model": setting.model_id, "zo_lr": ZO_LR, "eps": EPS, "clip": CLIP, "batch": BATCH_SIZE, "adamw_lr": ADAMW_LR, "steps": steps},
         "meta": {"command": command, "date": date, "wall": f"{wall / 60:.0f} min {wall % 60:.0f} s", "wall_seconds": wall,
                  "machine": machine(), "load": f"{load_start:.1f} / {os.getloadavg()[0]:.1f}", "git": git_state()},
     }

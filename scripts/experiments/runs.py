@@ -1,7 +1,9 @@
 """The experiment setting and the one training loop every run goes through.
 
-Setting: the bundled MiniLM (all-MiniLM-L6-v2) on the bundled VADER sentiment task, the
-hash split of ``split(sentiment_examples())``, batches of 32, torch on 2 threads.
+Setting: the bundled MiniLM (all-MiniLM-L6-v2) on the bundled VADER sentiment task
+(``sentiment_data()``: training words in 8 templates; held-out words in a training template,
+the in-distribution test, and in 4 templates never trained on, the out-of-template test),
+batches of 32, torch on 2 threads.
 
 A swarm of P peers is simulated exactly in one process with ONE replica: real replicas are
 bit-identical by construction, so every simulated machine computes its record on the same
@@ -21,16 +23,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from seedswarm.model import BatchStream, Replica, build_task, evaluate, load_model, sentiment_examples, shard, split
+from seedswarm.model import BatchStream, Replica, build_task, evaluate, load_model, sentiment_data, shard
 from seedswarm.model.baselines import justonebyte_quantize
 from seedswarm.model.loading import BUNDLED_ID
 from seedswarm.model.tasks import PRESETS
 from seedswarm.protocol import CodecParams, LRSchedule, ModelRef, Signer, SwarmSpec
+from seedswarm.protocol.spec import Aggregation
 
 BATCH_SIZE = 32
 ZO_LR = 1e-4
 EPS = 1e-3
 CLIP = 64.0
+
+#: The update rules compared (scripts/experiments/README.md): name -> (spec.aggregation.normalize, lr).
+#: Each rule's lr was picked on 30-step, 4-peer runs of this task (``sweep.py none:1e-4 none:2e-4
+#: none:4e-4 rms:3e-4 rms:6e-4 rms:1e-3 rms:2e-3 rms:3e-3``; full held-out accuracy at step 30:
+#: vanilla 81.6 / 81.7 / 57.3 (unstable), rms 75.7 / 79.7 / 84.7 / 75.6 (unstable) / 55.4).
+RULES: dict[str, tuple[str, float]] = {"vanilla": ("none", ZO_LR), "rms": ("rms", 1e-3)}
+RULE_PEERS = (1, 4)
 
 #: What a codec sends per projected gradient (bytes) and what value the update then uses.
 #: "onebyte" goes through the real record path (Replica.local_step / Replica.apply) instead.
@@ -54,6 +64,7 @@ class RunConfig:
     steps: int = 60
     eval_every: int = 4
     lr: float = ZO_LR
+    normalize: str = "none"   # the step rule's normalisation (spec.aggregation.normalize)
 
 
 @dataclass
@@ -69,6 +80,7 @@ class RunResult:
     config: RunConfig
     evals: list[Eval]
     final_full: float                                  # accuracy on the whole held-out set at the end
+    final_unseen: float = float("nan")                 # ... on the held-out words in templates never trained on
     grads: list[float] = field(default_factory=list)   # exact projected gradients (ZO runs)
     record_bytes: list[int] = field(default_factory=list)  # len(record.encode()) of every record
     seconds: float = 0.0
@@ -91,15 +103,17 @@ class Setting:
         net, self.tokenizer = load_model(model)
         self.numel = sum(p.numel() for p in net.parameters())
         self.task = build_task(PRESETS["sentiment"], self.tokenizer)
-        self.train, self.test = split(sentiment_examples())
-        self.test_full = len(self.test)
+        data = sentiment_data()
+        self.train, self.test, self.unseen = data.train, data.test, data.unseen
+        self.test_full, self.unseen_full = len(self.test), len(self.unseen)
         self.test = evenly_spaced(self.test, test_size or len(self.test))
+        self.unseen = evenly_spaced(self.unseen, test_size or len(self.unseen))
         self.eval_set = evenly_spaced(self.test, eval_size)
 
-    def spec(self, perturbation: str = "rademacher") -> SwarmSpec:
+    def spec(self, perturbation: str = "rademacher", lr: float = ZO_LR, normalize: str = "none") -> SwarmSpec:
         return SwarmSpec(name="seedswarm-experiments", model=ModelRef(self.model_id), task=PRESETS["sentiment"],
-                         lr=LRSchedule(base=ZO_LR), eps=EPS, codec=CodecParams(clip=CLIP), batch_size=BATCH_SIZE,
-                         perturbation=perturbation)
+                         lr=LRSchedule(base=lr), eps=EPS, codec=CodecParams(clip=CLIP), batch_size=BATCH_SIZE,
+                         perturbation=perturbation, aggregation=Aggregation(normalize=normalize))
 
     def fresh_model(self) -> nn.Module:
         return load_model(None if self.model_id == BUNDLED_ID else self.model_id)[0]
@@ -108,8 +122,11 @@ class Setting:
         """Peer ``peer``'s private shard, in its own shuffled order (seed = peer index)."""
         return BatchStream(shard(self.train, peer, peers), BATCH_SIZE, seed=peer)
 
-    def accuracy(self, model: nn.Module, full: bool = False) -> float:
-        return evaluate(model, self.task, self.test if full else self.eval_set)["accuracy"]
+    def accuracy(self, model: nn.Module, full: bool = False, unseen: bool = False) -> float:
+        """In-distribution held-out accuracy (the subset, or ``full``), or with ``unseen`` the
+        out-of-template accuracy (all of it)."""
+        examples = self.unseen if unseen else self.test if full else self.eval_set
+        return evaluate(model, self.task, examples)["accuracy"]
 
 
 # A run is a step function (step -> (payload bytes, sent bytes) of that step) plus a sync
@@ -121,7 +138,7 @@ def zo_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResu
     """SPSA on P simulated peers. One-byte: the normal record path. Other codecs: the exact
     projected gradient of the same record (same seed, same batch) goes through the codec and
     is queued as coef = f32(-lr * value), exactly like a decoded byte would be."""
-    spec = setting.spec(cfg.perturbation)
+    spec = setting.spec(cfg.perturbation, cfg.lr, cfg.normalize)
     replica = Replica.for_task(model, spec, setting.task)
     machines = [Signer(bytes([i]) * 32) for i in range(cfg.peers)]
     streams = [setting.stream(i, cfg.peers) for i in range(cfg.peers)]
@@ -173,6 +190,7 @@ def train_run(cfg: RunConfig, setting: Setting, zero_shot: float, log: Callable[
     result = RunResult(cfg, [Eval(0, zero_shot, 0.0, 0.0)], final_full=float("nan"))
     if cfg.method == "zero-shot":
         result.final_full = setting.accuracy(model, full=True)
+        result.final_unseen = setting.accuracy(model, unseen=True)
         return result
     step_fn, sync = METHODS[cfg.method](cfg, setting, model, result)
     payload = sent = 0.0
@@ -190,9 +208,11 @@ def train_run(cfg: RunConfig, setting: Setting, zero_shot: float, log: Callable[
             log(f"  {cfg.name}: step {t + 1:4d}  held-out subset acc {result.evals[-1].accuracy:6.2f}  "
                 f"({time.perf_counter() - started:6.1f}s)")
     sync()
+    result.seconds = time.perf_counter() - started  # training and the curve's evaluations
     result.final_full = setting.accuracy(model, full=True)
-    result.seconds = time.perf_counter() - started
-    log(f"  {cfg.name}: done, full held-out acc {result.final_full:.2f} in {result.seconds:.0f}s")
+    result.final_unseen = setting.accuracy(model, unseen=True)
+    log(f"  {cfg.name}: done, full held-out acc {result.final_full:.2f}, out-of-template {result.final_unseen:.2f} "
+        f"in {result.seconds:.0f}s")
     return result
 
 

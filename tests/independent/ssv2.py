@@ -282,7 +282,7 @@ NESTED = {
     "lr": {"base": (_FLOAT, 0.0001), "kind": (_STR, "constant"), "warmup_steps": (_INT, 0), "total_steps": (_INT, 0),
            "min_ratio": (_FLOAT, 0.0)},
     "codec": {"name": (_STR, "int8-sr-pow2"), "clip": (_FLOAT, 1024.0)},
-    "aggregation": {"clip": (_STR, "redescend"), "clip_factor": (_FLOAT, 2.0)},
+    "aggregation": {"clip": (_STR, "redescend"), "clip_factor": (_FLOAT, 2.0), "normalize": (_STR, "none")},
     "admission": {"mode": (_STR, "open"), "pow_bits": (_INT, 0), "authority": (_STR, "")},
 }
 TOP = {
@@ -367,6 +367,7 @@ def validate(s: dict) -> None:
         _is_float(lr["min_ratio"], 0.0, 1.0), _is_float(s["weight_decay"], 0.0, 1000.0),
         co["name"] == "int8-sr-pow2", _is_float(co["clip"], 1e-30, 1e30),
         ag["clip"] in ("none", "median", "redescend"), _is_float(ag["clip_factor"], 0.0, 1e6, positive=True),
+        ag["normalize"] in ("none", "rms"),
         ad["mode"] in ("open", "members"), _is_int(ad["pow_bits"], 0, 32), type(ad["authority"]) is str,
         _is_int(s["samples_per_step"], 1, 1024), _is_int(s["batch_size"], 1, 1 << 20),
         _is_int(s["digest_every"], 1, 1 << 20), _is_int(s["delay"], 0, 8), _is_int(s["late_window"], 0, 64),
@@ -384,8 +385,21 @@ def validate(s: dict) -> None:
         raise Invalid("future_window")
 
 
+#: 4.1's optional fields: in the canonical map only when not at their default.
+OPTIONAL = {("aggregation", "normalize"): "none"}
+
+
+def canonical_map(spec: dict) -> dict:
+    """The filled spec without its optional fields that are at their default."""
+    spec = {**spec, **{level: dict(spec[level]) for level, _ in OPTIONAL}}
+    for (level, key), default in OPTIONAL.items():
+        if type(spec[level][key]) is type(default) and spec[level][key] == default:
+            del spec[level][key]
+    return spec
+
+
 def spec_canonical(spec: dict) -> bytes:
-    data = pack(spec)
+    data = pack(canonical_map(spec))
     if len(data) > 32768:
         raise Invalid("spec too large")
     return data
@@ -643,6 +657,14 @@ def step_terms(spec: dict, swarm_id: bytes, records: list[Rec]) -> list[tuple[in
             return q if g > 0 else -q
 
         values = [[g if abs(g) <= b else beyond(g) for g in vs] for vs in values]
+    if spec["aggregation"]["normalize"] == "rms":
+        total = 0.0
+        for vs in values:
+            for g in vs:
+                total += g * g
+        s = math.sqrt(total / sum(len(vs) for vs in values)) if values else 0.0
+        if s > 0:
+            values = [[g / s for g in vs] for vs in values]
     n = spec["samples_per_step"]
     out = []
     for r, vs in zip(records, values):
