@@ -7,10 +7,12 @@ a real name, and a failed write removes its temporary file. ``step`` is the numb
 sealed. Reading never trusts a file: ``load_checkpoint`` checks names, shapes and dtypes, and
 the caller checks the weight digest, falling back to an older checkpoint.
 
-Stream ``seedswarm/2/checkpoint/<swarm hex>``: the client sends msgpack ``{"step": k}``; the
-server answers a header ``{"step", "digest", "size"}`` (or ``{"error"}``), then the file in
-frames of at most 64 KiB, then an empty frame. The client writes to a temporary file, checks
-the size, and the caller checks the digest before anything is used.
+Stream ``seedswarm/2/checkpoint/<swarm hex>``: the client sends msgpack ``{"step": k}`` (or
+``{"offset": o, "step": k}`` to continue a transfer that was cut: relayed connections end
+after 128 KiB); the server answers a header ``{"step", "digest", "size"}`` (or ``{"error"}``),
+then the file from byte ``o`` in frames of at most 64 KiB, then an empty frame. The client
+writes to a temporary file, checks the size, and the caller checks the digest before anything
+is used.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +40,17 @@ _NAME = re.compile(r"ckpt-(\d{8})\.safetensors$")
 CHUNK = 1 << 16
 MAX_CHECKPOINT_BYTES = 64 << 30
 KEEP = 3
+
+
+#: checkpoints served recently -> when (monotonic): rotation keeps them for PIN_SECONDS, so a
+#: newcomer downloading in parts (through a relay) is not cut off by the next checkpoint
+_SERVED: dict[Path, float] = {}
+PIN_SECONDS = 600.0
+
+
+def _pinned(path: Path) -> bool:
+    served = _SERVED.get(Path(path).resolve())
+    return served is not None and time.monotonic() - served < PIN_SECONDS
 
 
 class CheckpointError(RuntimeError):
@@ -71,7 +85,7 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, step: int, dige
     write_atomically(path.with_suffix(".json"),
                      json.dumps({"step": step, "digest": digest, "swarm_id": swarm_id.hex()}).encode())
     for old_step, old in list_checkpoints(folder)[:-keep]:
-        if old_step:
+        if old_step and not _pinned(old):
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
     return path
@@ -134,8 +148,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, digest: str | Non
 # --- streams ------------------------------------------------------------------------------------
 async def serve_checkpoint(folder: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     request = unpack_canonical(await read_frame(reader, 64), 64, "checkpoint request")
-    step = request.get("step") if type(request) is dict else None
-    if type(step) is not int or step < 0:
+    if type(request) is not dict or not set(request) <= {"step", "offset"} or "step" not in request:
+        raise ProtocolError("bad checkpoint request")
+    step, offset = request["step"], request.get("offset", 0)
+    if type(step) is not int or step < 0 or type(offset) is not int or offset < 0 or ("offset" in request and not offset):
         raise ProtocolError("bad checkpoint request")
     path = checkpoint_path(folder, step)
     try:
@@ -144,17 +160,35 @@ async def serve_checkpoint(folder: Path, reader: asyncio.StreamReader, writer: a
     except (CheckpointError, OSError):
         await P2P.send_raw_data(pack({"error": f"no checkpoint of step {step}"}), writer)
         return
+    _SERVED[path.resolve()] = time.monotonic()
+    if offset >= size:
+        await P2P.send_raw_data(pack({"error": f"offset {offset} is past the checkpoint's {size} bytes"}), writer)
+        return
     await P2P.send_raw_data(pack({"step": meta["step"], "digest": meta["digest"], "size": size}), writer)
     with open(path, "rb") as f:
+        f.seek(offset)
         while chunk := f.read(CHUNK):
             await P2P.send_raw_data(chunk, writer)
     await P2P.send_raw_data(b"", writer)
 
 
-async def receive_checkpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, step: int, dest: Path) -> dict:
+class TransferCut(ProtocolError):
+    """The stream ended early; ``received`` bytes of the file are in the ``.part`` file, and a
+    new request with that offset continues (a relayed connection carries at most 128 KiB)."""
+
+    def __init__(self, message: str, header: dict, received: int) -> None:
+        super().__init__(message)
+        self.header, self.received = header, received
+
+
+async def receive_checkpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, step: int, dest: Path,
+                             resume: dict | None = None) -> dict:
     """Ask for the checkpoint of ``step``, write it to ``dest``; returns its header. ProtocolError
-    for a refused or malformed transfer (the partial file is removed)."""
-    await P2P.send_raw_data(pack({"step": step}), writer)
+    for a refused or malformed transfer (the partial file is removed); TransferCut for a stream
+    that ended early (the partial file is kept: pass ``resume=`` its header to continue)."""
+    tmp = dest.with_name(dest.name + ".part")
+    offset = tmp.stat().st_size if resume is not None and tmp.exists() else 0
+    await P2P.send_raw_data(pack({"step": step, "offset": offset} if offset else {"step": step}), writer)
     header = unpack_canonical(await read_frame(reader, 4096), 4096, "checkpoint header")
     if type(header) is dict and set(header) == {"error"}:
         raise ProtocolError(f"the peer has no checkpoint of step {step}")
@@ -162,18 +196,27 @@ async def receive_checkpoint(reader: asyncio.StreamReader, writer: asyncio.Strea
             and isinstance(header["digest"], str) and type(header["size"]) is int
             and 0 < header["size"] <= MAX_CHECKPOINT_BYTES):
         raise ProtocolError("bad checkpoint header")
-    tmp = dest.with_name(dest.name + ".part")
-    received = 0
+    if offset and header != resume:  # another file than the one we have the start of
+        tmp.unlink(missing_ok=True)
+        raise ProtocolError("the checkpoint changed between two parts of the transfer")
+    received = offset
     try:
-        with open(tmp, "wb") as f:
-            while chunk := await read_frame(reader, CHUNK):
-                received += len(chunk)
-                if received > header["size"]:
-                    raise ProtocolError("checkpoint stream longer than announced")
-                f.write(chunk)
+        with open(tmp, "ab" if offset else "wb") as f:
+            try:
+                while chunk := await read_frame(reader, CHUNK):
+                    received += len(chunk)
+                    if received > header["size"]:
+                        raise ProtocolError("checkpoint stream longer than announced")
+                    f.write(chunk)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+                f.flush()
+                raise TransferCut(f"the stream ended after {received} of {header['size']} bytes ({exc})",
+                                  header, received) from None
         if received != header["size"]:
             raise ProtocolError("checkpoint stream shorter than announced")
         os.replace(tmp, dest)
+    except TransferCut:
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -418,6 +418,9 @@ def cmd_bootstrap(args) -> int:
               "(open TCP port 31337 in the firewall; PUBLIC_IP is the address others reach this machine at)", flush=True)
     elif not args.identity_path:
         print("without --identity-path the peer id (the /p2p/... part) changes on every restart", flush=True)
+    print("it also relays (libp2p circuit relay v2) for peers behind NAT that use it as an initial peer; "
+          "run it as a service on a public server: README, 'Behind a home router, and running a public bootstrap'",
+          flush=True)
     print("Ctrl-C stops it" + (f" (or it stops by itself after {args.duration:g} s)" if args.duration else ""), flush=True)
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -453,8 +456,14 @@ def cmd_status(args) -> int:
         for r in rows:
             loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
             print(f"  {r['peer_id'][:16]}..  {r['name'] or '-':12s} {r['status']:9s} step {r['step']:>6}  loss {loss:>8}  "
-                  f"sent {_kb(r['sent'])}  heals {r['heals']}  rejected {r['rejected']}  links {r['peers']}")
+                  f"sent {_kb(r['sent'])}  heals {r['heals']}  rejected {r['rejected']}  links {r['links']}  "
+                  f"{_reach_text(r)}")
     return 0
+
+
+def _reach_text(row: dict) -> str:
+    reach = {"private": "unreachable"}.get(row.get("reach"), row.get("reach") or "unknown")
+    return f"{reach} via relay {row['relay'][:16]}.." if row.get("relay") else reach
 
 
 def cmd_swarms(args) -> int:

@@ -47,7 +47,7 @@ from ..protocol.ledger import DiskWriteError, decode_ledger
 from ..protocol.messages import RangeReply
 from ..protocol.spec import SwarmSpec
 from .artifacts import DigestMismatch, load_base
-from .checkpoint import checkpoint_protocol, receive_checkpoint, serve_checkpoint
+from .checkpoint import TransferCut, checkpoint_protocol, receive_checkpoint, serve_checkpoint
 from .config import PeerConfig
 from .core import CoreConfig, SwarmCore
 from .core.events import (CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, Fail, FetchCheckpoint, Finished,
@@ -123,14 +123,20 @@ class Node:
         self.identity = load_identity(cfg.identity_path or self.workdir / "identity.key")
         self.signer = self.identity.signer
         self.machine = self.signer.machine
-        try:  # created on this long-lived thread: its process dies with this one
-            self.reach = reach.plan(cfg.reachability, [*cfg.host_maddrs, *cfg.announce_maddrs], cfg.initial_peers,
-                                    cfg.relays)
-            self.dht = SwarmDHT.start(self.signer, str(self.identity.path), initial_peers=cfg.initial_peers,
-                                      host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
-                                      relays=self.reach.relays if self.reach.private else ())
-        except Exception as exc:
-            raise PeerError(f"could not start the libp2p/DHT node (check --host-maddrs, --initial-peers): {exc}") from None
+        self.reach = reach.plan(cfg.reachability, [*cfg.host_maddrs, *cfg.announce_maddrs], cfg.initial_peers,
+                                cfg.relays)
+        for attempt in range(3):  # a bootstrap node that is busy or restarting gets two more chances
+            try:  # created on this long-lived thread: its process dies with this one
+                self.dht = SwarmDHT.start(self.signer, str(self.identity.path), initial_peers=cfg.initial_peers,
+                                          host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
+                                          relays=self.reach.relays if self.reach.private else ())
+                break
+            except Exception as exc:
+                if attempt < 2 and "bootstrap peers" in str(exc):
+                    self._event("retrying", reason=f"could not reach the initial peers ({str(exc)[-120:]}); retrying")
+                    await asyncio.sleep(3.0)
+                    continue
+                raise PeerError(f"could not start the libp2p/DHT node (check --host-maddrs, --initial-peers): {exc}") from None
         self._started = True
         self.p2p = await self.dht.replicate_p2p()
         self.meter = WireMeter(descendants(self.dht.pid))
@@ -351,32 +357,56 @@ class Node:
         return None
 
     async def _fetch_checkpoint(self, action: FetchCheckpoint) -> None:
+        """Download the voted checkpoint from one of ``action.peers``, then install it. A cut
+        transfer continues where it ended, from the same peer while each part brings bytes (a
+        connection through a circuit relay ends after 128 KiB: a NATed newcomer gets a
+        checkpoint in parts), else from the next peer."""
         dest = self.workdir / "incoming.safetensors"
-        # two rounds: a transfer cut short (a relayed connection replaced by a hole-punched one
-        # drops its streams) usually succeeds on the new connection
-        for attempt, peer in enumerate([*action.peers, *action.peers]):
-            if attempt == len(action.peers):
-                await asyncio.sleep(2.0)
-            try:
-                with contextlib.suppress(Exception):  # behind NAT it is reachable only at what it published
-                    await self.links.connect_published(peer)
-                _, reader, writer = await asyncio.wait_for(
-                    self.p2p.call_binary_stream_handler(PeerID(peer), checkpoint_protocol(self.swarm)), 30)
+        for peer in action.peers:
+            resume, stalled = None, 0
+            while stalled < 5:
+                part = self.workdir / (dest.name + ".part")
+                before = part.stat().st_size if resume is not None and part.exists() else 0
                 try:
-                    await asyncio.wait_for(receive_checkpoint(reader, writer, action.step, dest), timeout=900)
-                finally:
-                    writer.close()
-            except Exception as exc:
-                logger.info("checkpoint of step %d from %s failed: %s", action.step, PeerID(peer), exc)
-                self._event("checkpoint_source_failed", peer=str(PeerID(peer)), step=action.step,
-                            error=(str(exc) or type(exc).__name__)[:200])
-                continue
-            ok = await self._in_worker(self.history.install, dest, action.step, action.digest, action.replay_to)
-            if ok:
-                self._post(CheckpointInstalled(self.history.sealed, True))
-                return
-            self._event("checkpoint_refused", peer=str(PeerID(peer)), step=action.step)
+                    await self._checkpoint_part(peer, action.step, dest, resume)
+                except TransferCut as cut:
+                    resume = cut.header
+                    stalled = 0 if cut.received > before else stalled + 1
+                    if stalled:  # the connection is being replaced: give the new one a moment
+                        self._event("checkpoint_cut", peer=str(PeerID(peer)), step=action.step, received=cut.received,
+                                    size=cut.header["size"])
+                        await asyncio.sleep(1.0)
+                    continue
+                except Exception as exc:
+                    logger.info("checkpoint of step %d from %s failed: %s", action.step, PeerID(peer), exc)
+                    self._event("checkpoint_source_failed", peer=str(PeerID(peer)), step=action.step,
+                                error=(str(exc) or type(exc).__name__)[:200])
+                    if isinstance(exc, ProtocolError):  # refused, or another file: the next peer, at once
+                        break
+                    # the connection went: continue where we were (a relayed one is being replaced);
+                    # with nothing received yet, one more try, then the next peer
+                    stalled += 1 if resume is not None else 3
+                    if stalled < 5:
+                        await asyncio.sleep(1.0)
+                    continue
+                ok = await self._in_worker(self.history.install, dest, action.step, action.digest, action.replay_to)
+                if ok:
+                    self._post(CheckpointInstalled(self.history.sealed, True))
+                    return
+                self._event("checkpoint_refused", peer=str(PeerID(peer)), step=action.step)
+                break
+        (self.workdir / (dest.name + ".part")).unlink(missing_ok=True)
         self._post(CheckpointInstalled(action.step, False))
+
+    async def _checkpoint_part(self, peer: bytes, step: int, dest: Path, resume: dict | None) -> None:
+        with contextlib.suppress(Exception):  # behind NAT it is reachable only at what it published
+            await self.links.connect_published(peer)
+        _, reader, writer = await asyncio.wait_for(
+            self.p2p.call_binary_stream_handler(PeerID(peer), checkpoint_protocol(self.swarm)), 30)
+        try:
+            await asyncio.wait_for(receive_checkpoint(reader, writer, step, dest, resume), timeout=900)
+        finally:
+            writer.close()
 
     async def _serve_checkpoint(self, info, reader, writer) -> None:
         try:

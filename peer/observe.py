@@ -16,7 +16,8 @@ SNAPSHOT_VERSION = 2
 
 #: fields every peer row carries (the snapshot schema); None where the swarm does not publish it
 PEER_FIELDS = ("peer_id", "name", "status", "step", "loss", "step_time", "sent", "received", "heals", "late",
-               "rejected", "refused_by_others", "reachable", "links", "checkpoint_step", "digest", "digest_step")
+               "rejected", "refused_by_others", "reachable", "reach", "relay", "links", "checkpoint_step", "digest",
+               "digest_step")
 
 
 def join_command(swarm_id: str, initial_peers: Sequence[str]) -> str:
@@ -86,6 +87,8 @@ def swarm_snapshot(dht, swarm_id: str | bytes | None = None, *, initial_peers: S
                "rejected": int,          # inputs it refused (from any peer)
                "refused_by_others": int, # its records that other peers refused
                "reachable": bool | null, # dialable (directly or through a relay); null: not known yet
+               "reach": "public" | "relayed" | "private" | "unknown",  # private: behind NAT, no relay
+               "relay": str,             # peer id of the relay it holds a reservation on ("" if none)
                "links": int,             # its overlay neighbours
                "checkpoint_step": int,   # latest checkpoint it serves (0: the base weights only)
                "digest": str, "digest_step": int}   # latest weight digest ("" / 0: none yet)
@@ -154,6 +157,7 @@ def _peer_rows(dht, swarm: bytes) -> list[dict]:
                      "received": info.received, "heals": info.heals, "late": info.late, "rejected": info.rejected,
                      "refused_by_others": refused.get(owner.hex(), 0),
                      "reachable": {"public": True, "relayed": True, "private": False}.get(info.reach),
+                     "reach": info.reach, "relay": info.relay,
                      "links": info.peers, "checkpoint_step": info.checkpoint, "digest": info.digest,
                      "digest_step": info.digest_step})
     return sorted(rows, key=lambda r: r["peer_id"])

@@ -508,3 +508,47 @@ def test_checkpoint_metadata_file():
                 return
             assert type(meta["step"]) is int and len(meta["digest"]) == 64
     run()
+
+
+def test_a_cut_checkpoint_transfer_continues_where_it_ended(tmp_path):
+    """A relayed connection ends after 128 KiB: the client keeps the part, asks again with its
+    offset, and gets exactly the rest; a different file under the same step starts over."""
+    from seedswarm.peer.checkpoint import CHUNK, TransferCut, receive_checkpoint, serve_checkpoint
+
+    served = tmp_path / "served"
+    served.mkdir()
+    data = bytes(range(256)) * (3 * CHUNK // 256 + 7)
+    (served / "ckpt-00000007.safetensors").write_bytes(data)
+    (served / "ckpt-00000007.json").write_text(json.dumps({"step": 7, "digest": "ab" * 32, "swarm_id": "00"}))
+
+    async def serve(request_frames: bytes) -> bytes:
+        sink = _Sink()
+        await serve_checkpoint(served, _stream(request_frames), sink)
+        return bytes(sink.data)
+
+    async def go():
+        dest = tmp_path / "incoming"
+        full = await serve(_frames(pack({"step": 7})))
+        cut = full[: len(full) // 2]  # the connection ends mid-transfer
+        with pytest.raises(TransferCut) as first:
+            await receive_checkpoint(_stream(cut), _Sink(), 7, dest)
+        part = dest.with_name(dest.name + ".part")
+        assert first.value.received == part.stat().st_size > 0 and data.startswith(part.read_bytes())
+        request = _Sink()
+        rest = await serve(_frames(pack({"offset": part.stat().st_size, "step": 7})))
+        header = await receive_checkpoint(_stream(rest), request, 7, dest, resume=first.value.header)
+        assert header["size"] == len(data) and dest.read_bytes() == data and not part.exists()
+        assert unpack_canonical(bytes(request.data[8:]), 64, "request") == {"offset": first.value.received, "step": 7}
+        # a resumed transfer whose header differs (another file) is refused and starts over
+        part.write_bytes(data[:100])
+        with pytest.raises(ProtocolError, match="changed"):
+            await receive_checkpoint(_stream(rest), _Sink(), 7, dest, resume={**first.value.header, "size": 1})
+        assert not part.exists()
+        # offsets a server cannot honour
+        for bad in ({"offset": 0, "step": 7}, {"offset": -1, "step": 7}, {"offset": "1", "step": 7}, {"offset": 1}):
+            with pytest.raises(ProtocolError):
+                await serve(_frames(pack(bad)))
+        past = await serve(_frames(pack({"offset": len(data), "step": 7})))
+        assert "error" in unpack_canonical(past[8:], 4096, "reply")
+
+    asyncio.run(go())

@@ -23,6 +23,7 @@ from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from seedswarm.peer.launcher import PeerProcess
 from seedswarm.peer.monitor import Poller, create_app, listen, serve
+from seedswarm.peer.cli import main
 from seedswarm.peer.observe import PEER_FIELDS, LossHistory, swarm_snapshot
 from seedswarm.protocol import Signer
 from seedswarm.protocol.directory import Announcement, MemberInfo
@@ -230,3 +231,20 @@ def _wait_for(check, proc: subprocess.Popen, what: str, timeout: float = 90):
         assert proc.poll() is None, f"the monitor exited before {what}"
         assert time.monotonic() < deadline, f"no {what} within {timeout}s"
         time.sleep(0.5)
+
+
+def test_status_prints_each_peers_reachability_and_relay(monkeypatch, capsys):
+    """`seedswarm status`: public, relayed (and through which relay) or unreachable, per peer."""
+    import contextlib
+
+    from seedswarm.peer import commands
+
+    dht = fake_swarm()
+    relayed = Signer(bytes([9]) * 32)
+    dht._members[relayed.machine] = MemberInfo(step=4, status="training", name="home", reach="relayed",
+                                               relay="12D3KooWHLxB3PmtELC8a5exz7xkJEhQG3fNe6mczijmt57hdhk2")
+    monkeypatch.setattr(commands, "_client_dht", lambda peers: contextlib.nullcontext(dht))
+    assert main(["status", "--initial-peers", "/ip4/1.2.3.4/tcp/5/p2p/QmX", "--swarm", SWARM.hex()]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["home"].endswith("relayed via relay 12D3KooWHLxB3Pmt..")
+    assert lines["a"].endswith("public") and lines["h"].endswith("unreachable")

@@ -4,12 +4,14 @@ Built in network namespaces (tests/netlab.py): two public hosts each run `seedsw
 (a DHT node and a circuit relay), two homes sit behind masquerading routers that let
 nobody dial in, and every home has the same private address. Checks what a volunteer relies
 on: two NATed peers train together through the relays, the relay they used dies and they
-move to the other one, and both replicas end identical with no record lost. Also shows that nothing assumes one host: announced addresses,
+move to the other one, and both replicas end identical with no record lost. (A newcomer
+joining by checkpoint through relays is exercised by hand, not here: see the issue notes.) Also shows that nothing assumes one host: announced addresses,
 bootstrap lists and `seedswarm swarms` across namespaces. Skipped, saying why, where
 namespaces cannot be built (not root, no ip/nft)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -72,8 +74,14 @@ def test_peers_behind_separate_nats_train_through_relays_and_survive_losing_one(
         boot2, relay2 = bootstrap(lab, "pub2", tmp_path, relay1)
         boots.append(boot2)
 
+        # the tiny model seals a step every ~0.3 s, while re-dialing through another relay takes
+        # seconds: a late window of 32 steps lets records held up by that still count (at the
+        # seconds per step of real models, the default 8 covers it)
+        spec = dataclasses.replace(SwarmSpec.from_json((tiny_swarm / "spec.json").read_text()), late_window=32)
+        (tmp_path / "spec.json").write_text(spec.to_json())
+
         def peer(name: str, home: str, data: int, *extra: str) -> PeerProcess:
-            args = ["--swarm-spec", str(tiny_swarm / "spec.json"), "--steps", str(STEPS), "--checkpoint-every", "10",
+            args = ["--swarm-spec", str(tmp_path / "spec.json"), "--steps", str(STEPS), "--checkpoint-every", "20",
                     "--data", str(tiny_swarm / f"data{data}.jsonl"), "--checkpoint-dir", str(tmp_path / name),
                     "--host-maddrs", "/ip4/0.0.0.0/tcp/0", "--initial-peers", relay1, relay2, *extra]
             return PeerProcess(name, args, tmp_path, prefix=lab.prefix(home))
@@ -91,7 +99,6 @@ def test_peers_behind_separate_nats_train_through_relays_and_survive_losing_one(
         listing = lab.run("pub2", [sys.executable, "-m", "seedswarm.peer.cli", "swarms", "--initial-peers", relay2,
                                    "--json"], capture_output=True, text=True, timeout=180)
         assert listing.returncode == 0, listing.stderr
-        spec = SwarmSpec.from_json((tiny_swarm / "spec.json").read_text())
         assert spec.swarm_id.hex() in listing.stdout, listing.stdout
 
         a.wait_for_step(20, timeout=600)
