@@ -139,6 +139,31 @@ def test_a_peer_never_trains_alone_below_min_peers():
     assert d.logs("resumed") and max(s.step for s in d.of(Seal)) > sealed
 
 
+def test_a_peer_cut_off_from_the_peers_it_trains_with_waits_for_them_even_with_min_peers_1():
+    """Every link drops at once (a relay died) while another peer was training with it: it
+    does not seal steps that peer is still writing records for; it waits, and goes on alone
+    only after ``alone_after`` seconds (the other may have crashed). A goodbye ends the wait."""
+    from seedswarm.peer.core.events import LinkDown
+    d = Driver(core(min_peers=1, alone_after=100.0))
+    other = PEERS[0]
+    d.feed(PeersFound((other.machine,)))
+    d.link(other, training=True)
+    d.feed(Tick())
+    assert d.core.phase == "train"
+    for step in (0, 1):
+        d.feed(Received(other.machine, Gossip((rec(other, step),))), 0.1)
+        d.feed(Tick(), 10)
+    d.feed(LinkDown(other.machine), 0.1)
+    for _ in range(5):
+        d.feed(Tick(), 10)  # 50 s, long past any round deadline
+    sealed = max(s.step for s in d.of(Seal))
+    assert sealed <= 3, "sealed steps its partner is still writing"
+    assert "lost every link" in d.logs("isolated")[-1]["reason"] and d.core.isolated
+    for _ in range(8):
+        d.feed(Tick(), 10)  # past alone_after: a swarm of one goes on
+    assert max(s.step for s in d.of(Seal)) > sealed + 2 and d.logs("resumed")
+
+
 def test_a_round_seals_as_soon_as_every_expected_author_is_in():
     d = training(2)
     for p in PEERS[:2]:

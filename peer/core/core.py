@@ -96,6 +96,7 @@ class CoreConfig:
     rebuild_every: int = 4         # late records are applied by at most one rebuild per this many steps
     vote_grace: float = 2.0        # seconds to wait for neighbours' votes before a tally
     finish_timeout: float = 60.0   # how long a finished peer waits for its neighbours' final votes
+    alone_after: float = 120.0     # min_peers 1, cut off from peers it trained with: seal alone after this
     rate_limit: int = 200          # frames per second a neighbour may send
     max_rejects: int = 32          # refused inputs a neighbour could have checked, before it is dropped
     ban_seconds: float = 600.0
@@ -209,6 +210,7 @@ class SwarmCore:
         self._discovered = False                   # the first discovery round reported (even if empty)
         self._first_status: float | None = None
         self._enough = True  # min_peers take part (see _enough_peers)
+        self._cut_since: float | None = None  # when we lost every link to peers training with us
         self._closing: set[bytes] = set()          # links we close ourselves
         self._said_publishing = False
         self._left_of: dict[bytes, int] = {}       # departure notices: machine -> first step it misses
@@ -1019,32 +1021,44 @@ class SwarmCore:
         return not self._enough and self.phase == "train"
 
     def _enough_peers(self, out: list) -> bool:
-        """A peer never trains alone while it believes it is in a swarm (``min_peers`` > 1): it
-        seals steps only while another peer takes part, counting the authors of records of
+        """A peer never trains alone while it believes it is in a swarm. With ``min_peers`` > 1
+        it seals steps only while another peer takes part, counting the authors of records of
         the last sealed step up to the next ones, and the neighbours with standing that say
-        they train (at step 0: those it started with). Below that it says so once
-        and waits (records that arrive meanwhile are kept); a neighbour catching up counts again
-        as soon as it trains."""
-        if self.cfg.min_peers <= 1:
-            return True
+        they train (at step 0: those it started with). And whatever ``min_peers``, a peer that
+        lost every link while others were training with it a moment ago (authors of those
+        steps that did not say goodbye) waits for them to be re-dialed instead of sealing
+        steps they are still writing records for; with ``min_peers`` 1 it goes on alone after
+        ``alone_after`` seconds (they may have crashed). Below that it says so once and waits
+        (records that arrive meanwhile are kept); a neighbour catching up counts again as
+        soon as it trains."""
+        authors = {}  # step -> authors, over the late window (older records no longer count anyway)
+        for step in range(max(0, self.horizon - max(1, self.spec.late_window)), self.horizon + self.spec.delay + 2):
+            authors[step] = {r.machine for r in self.ledger.applicable(step)} - self.departed.keys() - {self.me}
+        recent = set().union(*(a for s, a in authors.items() if s >= self.horizon - 1))
+        cut_off = not self.gossip.links and any(authors.values())
+        if cut_off and self._cut_since is None:
+            self._cut_since = self.now
+        elif not cut_off:
+            self._cut_since = None
+        if self.cfg.min_peers <= 1 and cut_off and self.now - self._cut_since >= self.cfg.alone_after:
+            cut_off = False
         # a status is a claim anyone can make: only neighbours with standing count by it
         taking_part = {p for p, link in self.gossip.links.items()
                        if link.status is not None and (link.status.training or self.horizon == 0)
                        and (self.horizon == 0 or self.standing(p) > 0)}
-        for step in range(max(0, self.horizon - 1), self.horizon + self.spec.delay + 2):
-            taking_part |= {r.machine for r in self.ledger.applicable(step)}
-        taking_part.add(self.me)
+        taking_part |= recent | {self.me}
         taking_part -= self.departed.keys()
         need = min(self.cfg.min_peers, 2)
-        enough = len(taking_part) >= need
+        enough = len(taking_part) >= need and not cut_off
         if enough != self._enough:
             self._enough = enough
             if enough:
                 out.append(Log("resumed", {"step": self.horizon, "peers": len(taking_part)}))
             else:
+                reason = ("lost every link to the peers training with it; waiting for them (re-dialing)" if cut_off
+                          else "no other peer takes part; waiting for them")
                 out.append(Log("isolated", {"step": self.horizon, "peers": len(taking_part), "need": need,
-                                            "neighbours": len(self.gossip.links),
-                                            "reason": "no other peer takes part; waiting for them"}))
+                                            "neighbours": len(self.gossip.links), "reason": reason}))
         if not enough and self.round is not None and self.round.step == self.horizon:
             self.round.started = self.now  # the round's wait starts when peers are back
             self.round.first_seen = None
