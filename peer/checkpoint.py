@@ -172,6 +172,11 @@ async def serve_checkpoint(folder: Path, reader: asyncio.StreamReader, writer: a
     await P2P.send_raw_data(b"", writer)
 
 
+def part_path(dest: Path) -> Path:
+    """Where a download to ``dest`` keeps what has arrived so far."""
+    return dest.with_name(dest.name + ".part")
+
+
 class TransferCut(ProtocolError):
     """The stream ended early; ``received`` bytes of the file are in the ``.part`` file, and a
     new request with that offset continues (a relayed connection carries at most 128 KiB)."""
@@ -186,7 +191,7 @@ async def receive_checkpoint(reader: asyncio.StreamReader, writer: asyncio.Strea
     """Ask for the checkpoint of ``step``, write it to ``dest``; returns its header. ProtocolError
     for a refused or malformed transfer (the partial file is removed); TransferCut for a stream
     that ended early (the partial file is kept: pass ``resume=`` its header to continue)."""
-    tmp = dest.with_name(dest.name + ".part")
+    tmp = part_path(dest)
     offset = tmp.stat().st_size if resume is not None and tmp.exists() else 0
     await P2P.send_raw_data(pack({"step": step, "offset": offset} if offset else {"step": step}), writer)
     header = unpack_canonical(await read_frame(reader, 4096), 4096, "checkpoint header")

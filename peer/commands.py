@@ -21,6 +21,7 @@ from pathlib import Path
 from ..protocol.errors import ProtocolError
 from ..protocol.spec import SwarmSpec, parse_swarm_id
 from .cli import UsageError, _task_ref
+from .reach import REACHABILITY
 
 DEFAULT_HOST = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -66,7 +67,7 @@ def add_commands(sub) -> None:
     p.add_argument("--relays", nargs="*", default=None, metavar="MADDR",
                    help="behind NAT: public nodes to reserve a circuit-relay slot on (default: $SEEDSWARM_RELAYS, "
                         "relays in the config file, else the initial peers; every bootstrap and public peer relays)")
-    p.add_argument("--reachability", choices=["auto", "public", "private"], default="auto",
+    p.add_argument("--reachability", choices=REACHABILITY, default="auto",
                    help="auto (default): behind NAT when this machine has no public address and the bootstrap "
                         "peers do; public: others can dial this peer; private: always go through relays")
     p.add_argument("--fault-corrupt-at", type=int, default=None, help=argparse.SUPPRESS)  # chaos testing of healing

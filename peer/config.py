@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..protocol.spec import SwarmSpec
+from .reach import REACHABILITY
 
 JOIN_MODES = ("checkpoint", "replay")
 
@@ -63,8 +64,8 @@ class PeerConfig:
             raise ValueError("--steps must be at least 1")
         if type(self.min_peers) is not int or self.min_peers < 1:
             raise ValueError("--min-peers must be at least 1")
-        if self.reachability not in ("auto", "public", "private"):
-            raise ValueError("--reachability must be auto, public or private")
+        if self.reachability not in REACHABILITY:
+            raise ValueError(f"--reachability must be one of {', '.join(REACHABILITY)}")
         for flag, addrs in (("--initial-peers", self.initial_peers), ("--relays", self.relays)):
             bad = [a for a in addrs if not isinstance(a, str) or not a.startswith("/")]
             if bad:

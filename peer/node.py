@@ -47,7 +47,7 @@ from ..protocol.ledger import DiskWriteError, decode_ledger
 from ..protocol.messages import RangeReply
 from ..protocol.spec import SwarmSpec
 from .artifacts import DigestMismatch, load_base
-from .checkpoint import TransferCut, checkpoint_protocol, receive_checkpoint, serve_checkpoint
+from .checkpoint import TransferCut, checkpoint_protocol, part_path, receive_checkpoint, serve_checkpoint
 from .config import PeerConfig
 from .core import CoreConfig, SwarmCore
 from .core.events import (CheckpointInstalled, Compute, ComputeFailed, Connect, Disconnect, Fail, FetchCheckpoint, Finished,
@@ -362,10 +362,10 @@ class Node:
         connection through a circuit relay ends after 128 KiB: a NATed newcomer gets a
         checkpoint in parts), else from the next peer."""
         dest = self.workdir / "incoming.safetensors"
+        part = part_path(dest)
         for peer in action.peers:
             resume, stalled = None, 0
             while stalled < 5:
-                part = self.workdir / (dest.name + ".part")
                 before = part.stat().st_size if resume is not None and part.exists() else 0
                 try:
                     await self._checkpoint_part(peer, action.step, dest, resume)
@@ -395,7 +395,7 @@ class Node:
                     return
                 self._event("checkpoint_refused", peer=str(PeerID(peer)), step=action.step)
                 break
-        (self.workdir / (dest.name + ".part")).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         self._post(CheckpointInstalled(action.step, False))
 
     async def _checkpoint_part(self, peer: bytes, step: int, dest: Path, resume: dict | None) -> None:
@@ -438,8 +438,9 @@ class Node:
                     next_register = now + cfg.dht_refresh
                 await self._check_relays()
                 starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
-                if starting and now >= next_unreachable_note and self._unreachable():
-                    self._event("unreachable", step=self.core.sealed, **self._unreachable())
+                unreachable = self._unreachable() if starting and now >= next_unreachable_note else {}
+                if unreachable:
+                    self._event("unreachable", step=self.core.sealed, **unreachable)
                     next_unreachable_note = now + 30.0
                 if now >= next_discovery or starting:
                     buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 8)  # all at first

@@ -126,8 +126,17 @@ def _uvarint(n: int) -> bytes:
 
 
 def encode_maddr(text: str) -> bytes:
-    """The binary form of a multiaddr string, as go-multiaddr reads it. ValueError if it is
-    not one (we encode addresses strangers published: parse strictly)."""
+    """The binary form of a multiaddr string, as go-multiaddr reads it. ValueError (only) if it
+    is not one: we encode addresses strangers published."""
+    try:
+        return _encode_maddr(text)
+    except ValueError:
+        raise
+    except Exception as exc:  # the multiaddr and peer-id parsers raise what they like
+        raise ValueError(f"not a multiaddr: {text[:80]!r} ({type(exc).__name__})") from None
+
+
+def _encode_maddr(text: str) -> bytes:
     from hivemind.p2p import PeerID
     from hivemind.p2p.p2p_daemon import Multiaddr
 

@@ -144,7 +144,7 @@ class Links:
         for text in (self.addresses(peer) if self.addresses else [])[:MAX_DIAL_ADDRS]:
             try:
                 addrs.append(BinaryMaddr(text))
-            except (ValueError, TypeError):  # published by a stranger: skip what does not parse
+            except ValueError:  # published by a stranger: skip what does not parse
                 continue
         if addrs:
             await asyncio.wait_for(self.p2p._client.connect(PeerID(peer), addrs), DIAL_TIMEOUT)

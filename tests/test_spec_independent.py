@@ -713,24 +713,26 @@ def test_glob_vectors():
         assert [n for n in g["names"] if ssv2.glob_match(n, row["pattern"])] == row["matches"], row["pattern"]
 
 
-def test_redescend_and_default_rule_vectors():
-    r = V["step_redescend"]
+def _check_step_vector(name: str) -> dict:
+    """The step vector ``name``: its spec hashes to its swarm id and its terms come out exact;
+    returns the spec."""
+    r = V[name]
     spec, _, sid = ssv2.spec_from_json(r["spec_json"])
     assert sid.hex() == r["swarm_id"]
-    assert ssv2.spec_from_json(V["spec_minimal"]["json"])[0]["aggregation"] == {"clip": "redescend", "clip_factor": 2.0,
-                                                                               "normalize": "none"}
     terms = ssv2.step_terms(spec, sid, [ssv2.decode_record(bytes.fromhex(x)) for x in r["records"]])
     assert [(f"{a:016x}", ssv2.f32_hex(b), ssv2.f32_hex(c)) for a, b, c in terms] == [
         (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+    return spec
+
+
+def test_redescend_and_default_rule_vectors():
+    _check_step_vector("step_redescend")
+    assert ssv2.spec_from_json(V["spec_minimal"]["json"])[0]["aggregation"] == {"clip": "redescend", "clip_factor": 2.0,
+                                                                               "normalize": "none"}
 
 
 def test_rms_step_vector():
-    r = V["step_rms"]
-    spec, _, sid = ssv2.spec_from_json(r["spec_json"])
-    assert sid.hex() == r["swarm_id"] and spec["aggregation"]["normalize"] == "rms"
-    terms = ssv2.step_terms(spec, sid, [ssv2.decode_record(bytes.fromhex(x)) for x in r["records"]])
-    assert [(f"{a:016x}", ssv2.f32_hex(b), ssv2.f32_hex(c)) for a, b, c in terms] == [
-        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in r["terms"]]
+    assert _check_step_vector("step_rms")["aggregation"]["normalize"] == "rms"
 
 
 def test_optional_spec_field_vector():
