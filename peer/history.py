@@ -53,6 +53,14 @@ class NoCheckpoint(HistoryError):
 
 
 @dataclass
+class RebuildResult:
+    """What a rebuild changed: the digests recomputed, and whether a substitution was kept."""
+
+    digests: dict[int, bytes]
+    kept: bool = True
+
+
+@dataclass
 class Opened:
     sealed: int
     digests: dict[int, bytes] = field(default_factory=dict)
@@ -194,6 +202,10 @@ class History:
         if step != self.sealed:
             raise HistoryError(f"asked to seal step {step} with {self.sealed} steps sealed")
         self.ledger_file.add(records)
+        sealed_rids = {r.rid for r in records}
+        stray = [r for r in self.ledger.at(step) if r.rid not in sealed_rids]
+        if stray:  # our record, computed after the swarm sealed the step without it: never sent, never applied
+            self.ledger_file.rewrite([r for r in self.ledger.ordered() if r.step != step or r.rid in sealed_rids])
         self.replica.apply_step(self.ledger.applicable(step))
         self.sealed = step + 1
         self._drift()
@@ -202,16 +214,34 @@ class History:
         return digest
 
     def rebuild(self, first: int, records: Sequence[Record], replace: bool = False, last: int = 0,
-                trusted: dict[int, bytes] | None = None) -> dict[int, bytes]:
+                trusted: dict[int, bytes] | None = None, expect: tuple[int, bytes] | None = None) -> RebuildResult:
         """Add (or, with ``replace``, substitute for steps first..last-1) records, then replay
-        from the newest trusted checkpoint at or before ``first``. Returns the new digests.
-        NoCheckpoint (weights unchanged, records kept) when no such checkpoint is left."""
+        from the newest trusted checkpoint at or before ``first``. With ``expect`` = (step,
+        digest), a substitution is kept only if the replay reproduces that digest; otherwise
+        the replaced records are restored and replayed again (``kept`` False: the weights are
+        what they were). NoCheckpoint (weights unchanged, records kept) when no checkpoint old
+        enough is left."""
+        previous: list[Record] = []
         if replace:
-            kept = [r for r in self.ledger.ordered() if not first <= r.step < last]
-            self.ledger_file.rewrite(kept + list(records))
+            previous = [r for r in self.ledger.ordered() if first <= r.step < last]
+            outside = [r for r in self.ledger.ordered() if not first <= r.step < last]
+            self.ledger_file.rewrite(outside + list(records))
         else:
             self.ledger_file.add(records)
         top = self.sealed
+        try:
+            changed = self._replay_from(first, top, trusted)
+        except NoCheckpoint:
+            if replace:  # the weights are unchanged: so are the records they were made from
+                self.ledger_file.rewrite([r for r in self.ledger.ordered() if not first <= r.step < last] + previous)
+            raise
+        if replace and expect is not None and changed.get(expect[0], self.digests.get(expect[0])) != expect[1]:
+            outside = [r for r in self.ledger.ordered() if not first <= r.step < last]
+            self.ledger_file.rewrite(outside + previous)
+            return RebuildResult(self._replay_from(first, top, trusted), kept=False)
+        return RebuildResult(changed)
+
+    def _replay_from(self, first: int, top: int, trusted: dict[int, bytes] | None) -> dict[int, bytes]:
         recorded = {s: d for s, d in (trusted or {}).items()}
         # (records of steps before a checkpoint we joined from are kept, but our history starts there)
         start = self._load_newest_checkpoint(max(min(first, top), self.base_step), recorded)
@@ -306,4 +336,4 @@ class History:
         write_atomically(self.folder / STATE_NAME, json.dumps(state).encode())
 
 
-__all__ = ["DiskWriteError", "History", "HistoryError", "Opened", "LEDGER_NAME"]
+__all__ = ["DiskWriteError", "History", "HistoryError", "Opened", "RebuildResult", "LEDGER_NAME"]

@@ -338,11 +338,12 @@ class Node:
 
     def _rebuild(self, action: Rebuild):
         try:
-            digests = self.history.rebuild(action.first, action.records, action.replace, action.last, action.trusted)
+            done = self.history.rebuild(action.first, action.records, action.replace, action.last, action.trusted,
+                                        action.expect)
         except NoCheckpoint as exc:
             logger.info("%s", exc)
             return Rebuilt(self.history.sealed, {}, ok=False)
-        return Rebuilt(self.history.sealed, digests)
+        return Rebuilt(self.history.sealed, done.digests, kept=done.kept)
 
     def _serve_range(self, action: ServeRange):
         records = self.history.records(action.first, action.last)

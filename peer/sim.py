@@ -59,16 +59,22 @@ def draw_latency(rng: random.Random, net: NetConfig) -> float:
 
 
 class ChainReplica:
-    """The stand-in for model/replica.py + the ledger file: weights are a hash chain.
+    """The stand-in for model/replica.py + the ledger file (peer/history.py): weights are a
+    hash chain, and it keeps what History keeps.
 
     ``state[s]`` is the "weights" after s sealed steps: SHA-256(state[s-1] || rids of the
-    records applied at step s-1, in canonical order). Every state is kept, so a rebuild or a
-    checkpoint at any step costs nothing; a digest is the state itself."""
+    records applied at step s-1, in canonical order); a digest is the state itself. Like
+    History, our own record is in the ledger from the moment it is computed (so a record
+    computed after the swarm sealed its step without it is there until the seal drops it),
+    a heal without a majority is undone if it misses the digest it expects, and checkpoints
+    exist only every ``checkpoint_every`` steps (the newest ``keep`` of them, and the one we
+    started from)."""
 
-    def __init__(self, base: bytes) -> None:
+    def __init__(self, base: bytes, checkpoint_every: int = 20, keep: int = 3) -> None:
         self.ledger = Ledger()
         self.states = [base]
         self.offset = 0  # the first state we hold (a checkpoint joiner starts later)
+        self.checkpoint_every, self.keep = checkpoint_every, keep
 
     @property
     def sealed(self) -> int:
@@ -78,28 +84,49 @@ class ChainReplica:
         i = step - self.offset
         return self.states[i] if 0 <= i < len(self.states) else None
 
+    def checkpoint(self, step: int) -> bytes | None:
+        """The weights of a checkpoint this replica still keeps (what it can serve)."""
+        kept = [s for s in range(self.offset, self.sealed + 1) if s % self.checkpoint_every == 0][-self.keep:]
+        return self.state(step) if step in kept or step == self.offset else None
+
     def _next(self, prev: bytes, step: int) -> bytes:
         h = hashlib.sha256(prev)
         for r in self.ledger.applicable(step):
             h.update(r.rid)
         return h.digest()
 
+    def compute(self, record: Record) -> None:
+        self.ledger.add(record)  # History.compute: on disk before it is sent
+
     def seal(self, step: int, records) -> bytes:
         for r in records:
             self.ledger.add(r)
+        sealed = {r.rid for r in records}
+        if any(r.rid not in sealed for r in self.ledger.at(step)):
+            self.ledger = Ledger([r for r in self.ledger.ordered() if r.step != step or r.rid in sealed])
         if step != self.sealed:
             raise RuntimeError(f"sealing step {step} at {self.sealed} sealed steps")
         self.states.append(self._next(self.states[-1], step))
         return self.states[-1]
 
-    def rebuild(self, first: int, records, replace: bool, last: int) -> None:
+    def rebuild(self, first: int, records, replace: bool, last: int, expect: tuple[int, bytes] | None = None) -> bool:
+        """Returns whether a substitution was kept (see History.rebuild)."""
         top = self.sealed
+        previous = self.ledger
         if replace:
             kept = [r for r in self.ledger.ordered() if not first <= r.step < last]
             self.ledger = Ledger(kept + list(records))
         else:
             for r in records:
                 self.ledger.add(r)
+        saved = list(self.states)
+        self._replay(first, top)
+        if replace and expect is not None and self.state(expect[0]) != expect[1]:
+            self.ledger, self.states = previous, saved
+            return False
+        return True
+
+    def _replay(self, first: int, top: int) -> None:
         start = max(first, self.offset)
         del self.states[start - self.offset + 1:]
         for step in range(start, top):
@@ -238,7 +265,7 @@ class Simulation:
         core = SwarmCore(self.spec, signer, cfg, ticket=self._ticket(signer, behaviour or Behaviour()),
                          verify=self._check, verify_vote=self._check_vote, seed=self.rng.getrandbits(64),
                          digests={0: self.base})
-        peer = SimPeer(name, signer, core, ChainReplica(self.base), behaviour or Behaviour(), compute_time,
+        peer = SimPeer(name, signer, core, ChainReplica(self.base, cfg.checkpoint_every), behaviour or Behaviour(), compute_time,
                        joined_at=self.now)
         self.peers[signer.machine] = peer
         found = self.rng.sample(self.rendezvous, min(bootstrap, len(self.rendezvous)))
@@ -375,6 +402,7 @@ class Simulation:
         else:
             grads = bytes(self.rng.choice([q & 0xFF for q in range(-20, 21)]) for _ in range(n))
         record = Record.create(peer.signer, self.spec.swarm_id, step, 10, grads, peer.core.ticket)
+        peer.replica.compute(record)
         peer.record_ready_at[step] = self.now
         self._feed(machine, RecordReady(record, took))
 
@@ -393,11 +421,11 @@ class Simulation:
         if not peer.alive:
             return
         replica = peer.replica
-        replica.rebuild(action.first, action.records, action.replace, action.last)
+        kept = replica.rebuild(action.first, action.records, action.replace, action.last, action.expect)
         every = self.spec.digest_every
         digests = {s: replica.state(s) for s in range(max(action.first, replica.offset), replica.sealed + 1)
                    if s % every == 0 or s == peer.core.cfg.target}
-        self._feed(machine, Rebuilt(replica.sealed, {s: d for s, d in digests.items() if d is not None}))
+        self._feed(machine, Rebuilt(replica.sealed, {s: d for s, d in digests.items() if d is not None}, kept=kept))
 
     def _fetch_checkpoint(self, machine: bytes, action: FetchCheckpoint) -> None:
         peer = self.peers[machine]
@@ -407,7 +435,7 @@ class Simulation:
             other = self.peers.get(source)
             if other is None or not other.alive or not self._reachable(machine, source):
                 continue
-            state = other.replica.state(action.step)
+            state = other.replica.checkpoint(action.step)
             if other.behaviour.fake_checkpoint:
                 state = hashlib.sha256(b"fake" + (state or b"")).digest()
             if state is None or state != action.digest:

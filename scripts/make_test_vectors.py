@@ -439,17 +439,22 @@ def optional_vector() -> dict:
 
 def tally_vector() -> dict:
     """SPEC section 13 (local policy, seedswarm's): weights min(standing, 16), own digest
-    max(min(own standing, 16), 1), the leading digest wins with more than half."""
+    max(min(own standing, 16), 1), established voters from weight 8; the heaviest digest wins
+    with more than half of the weight and of the established voters; otherwise the leader is
+    the digest with the most established voters, ties to its smallest established voter."""
     signers = [Signer(bytes([0x40 + i]) * 32) for i in range(6)]
     me = signers[0]
     swarm = bytes(32)
     d1, d2 = bytes([1]) * 32, bytes([2]) * 32
     cases = []
     for standings, digests, own_standing, own in (
-        ([64, 3, 3, 3, 0], [d2, d1, d1, d1, d1], 20, d1),      # capped: 16 vs 3 + 3 + 3 + 16
+        ([64, 3, 3, 3, 0], [d2, d1, d1, d1, d1], 20, d1),     # 16 vs 3 + 3 + 3 + 16, but 1 established voter each: split
         ([64, 64, 0, 5, 5], [d2, d2, d1, d1, d1], 0, d1),     # 32 vs 10 + 1: d2 wins
-        ([16, 0, 0, 0, 16], [d2, d1, d1, d1, d1], 0, d1),     # 16 vs 16 + 1
-        ([10, 0, 0, 0, 9], [d2, d1, d1, d1, d1], 0, d1),      # 10 vs 9 + 1: a split, d2 leads (tie by digest)
+        ([16, 0, 0, 0, 16], [d2, d1, d1, d1, d1], 0, d1),     # 16 vs 16 + 1, 1 established each: split
+        ([10, 0, 0, 0, 9], [d2, d1, d1, d1, d1], 0, d1),      # 10 vs 9 + 1: a split
+        ([13], [d2], 64, d1),                                 # our weight alone (16 vs 13) does not win
+        ([64, 64, 13, 13], [d2, d2, d1, d1], 64, d2),         # 3 established voters of 5 and 45 of 74: d2 wins
+        ([4, 4, 4], [d2, d2, d2], 2, d1),                     # nobody established: 12 vs 2 by weight, d2 wins
     ):
         book = VoteBook()
         stand = {me.machine: own_standing}
@@ -458,11 +463,13 @@ def tally_vector() -> dict:
             book.add(Vote.create(s, swarm, 10, dg))
             stand[s.machine] = st
             votes.append({"machine": s.machine.hex(), "standing": st, "digest": dg.hex()})
-        t = book.tally(10, lambda m: min(stand.get(m, 0), 16), own, me.machine)
+        t = book.tally(10, lambda m: min(stand.get(m, 0), 16), own, me.machine, established=8)
         cases.append({"votes": votes, "own_standing": own_standing, "own_digest": own.hex(),
-                      "winner": t.winner.hex() if t.winner else None, "weight": t.weight, "total": t.total,
-                      "supporters": [m.hex() for m in t.supporters], "split": t.split})
-    return {"cap": 16, "cases": cases}
+                      "me": me.machine.hex(), "winner": t.winner.hex() if t.winner else None, "weight": t.weight,
+                      "total": t.total, "supporters": [m.hex() for m in t.supporters], "split": t.split,
+                      "leader": t.leader.hex() if t.leader else None,
+                      "leader_supporters": [m.hex() for m in t.leader_supporters]})
+    return {"cap": 16, "established": 8, "cases": cases}
 
 
 def update_16bit_vector() -> dict:

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from seedswarm.peer.core import CoreConfig, SwarmCore
-from seedswarm.peer.core.events import (Compute, Connect, Disconnect, Finished, LinkUp, Log, Malformed, PeersFound,
-                                        Rebuild, Received, RecordReady, Seal, Send, StepSealed, Tick)
+from seedswarm.peer.core.events import (Compute, Connect, Disconnect, FetchCheckpoint, Finished, LinkUp, Log, Malformed,
+                                        PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send, StepSealed, Tick)
 from seedswarm.protocol import ModelRef, Record, Signer, SwarmSpec, TaskRef
 from seedswarm.protocol.messages import Gossip, RangeReply, RangeRequest, Status, Vote, Votes
 
@@ -58,11 +58,13 @@ class Driver:
         return [a for a in self.actions if isinstance(a, kind)]
 
 
-def training(n_peers: int = 2, **cfg) -> Driver:
-    """A core past the start barrier with ``n_peers`` linked neighbours that train."""
-    d = Driver(core(min_peers=1 + n_peers, **cfg))
-    d.feed(PeersFound(tuple(p.machine for p in PEERS[:n_peers])))
-    for p in PEERS[:n_peers]:
+def training(n_peers: int = 2, peers: list[Signer] | None = None, **cfg) -> Driver:
+    """A core past the start barrier with ``n_peers`` linked neighbours that train (the first
+    of PEERS, or ``peers``)."""
+    peers = PEERS[:n_peers] if peers is None else peers
+    d = Driver(core(min_peers=1 + len(peers), **cfg))
+    d.feed(PeersFound(tuple(p.machine for p in peers)))
+    for p in peers:
         d.link(p, training=False)  # neighbours at the start barrier
     d.feed(Tick())
     assert d.core.phase == "train"
@@ -320,13 +322,80 @@ def test_a_standing_majority_makes_an_outvoted_replica_heal():
     assert asks and asks[-1].peer in {p.machine for p in PEERS[:3]}
 
 
-def test_without_a_standing_majority_a_replica_keeps_its_weights_and_reports_the_split():
-    d = training(1)
-    run_to(d, 20, PEERS[:1])
-    step = 10
-    d.feed(Received(PEERS[0].machine, Votes((Vote.create(PEERS[0], SWARM, step, b"\xaa" * 32),))), 0.01)
+# ties between two established replicas go to the side of the smaller machine id
+SMALLER, LARGER = (next(p for p in PEERS if (p.machine < ME.machine) == smaller) for smaller in (True, False))
+
+
+def tie(other: Signer, digest: bytes) -> Driver:
+    """Two established replicas that agreed after 5 steps (its vote says so) and sealed the
+    next five differently: one vote each."""
+    d = training(peers=[other])
+    run_to(d, 20, [other])
+    agreed = Vote.create(other, SWARM, 5, d.core.digests[5])
+    d.feed(Received(other.machine, Votes((agreed, Vote.create(other, SWARM, 10, digest)))), 0.01)
     d.feed(Tick(), 30)
-    assert d.logs("split") and not d.logs("heal")
+    return d
+
+
+def test_the_leader_of_an_even_split_keeps_its_weights_and_reports_the_split():
+    d = tie(LARGER, b"\xff" * 32)  # (a larger digest does not matter: the smaller machine id leads)
+    assert d.logs("split") == [{"step": 10, "leading_weight": 16, "total": 32, "leading": True}]
+    assert not d.logs("heal") and d.core.digests[10] == bytes([9]) * 32
+
+
+def test_a_replica_never_outvotes_a_disagreeing_member_with_its_own_weight_alone():
+    """Each side of a two-peer split weighs the other by what it applied of the other's
+    records; the side that applied less must not call itself a majority of one."""
+    d = training(peers=[SMALLER], standing_cap=32)  # (established from 16)
+    run_to(d, 20, [SMALLER])
+    for _ in range(10):  # the other's records of these steps never reached us (it is alive)
+        d.feed(Received(SMALLER.machine, Status(d.core.sealed, Status.TRAINING, 0, 100)), 10)
+    assert 16 <= d.core.weight(SMALLER.machine) < d.core.weight(ME.machine)
+    d.feed(Received(SMALLER.machine, Votes((Vote.create(SMALLER, SWARM, 10, b"\x00" * 32),))), 0.01)
+    d.feed(Tick(), 30)
+    assert d.logs("heal") and d.logs("heal")[0]["majority"] is False
+
+
+def heal_by_records(d: Driver, other: Signer) -> Rebuild:
+    """Serve the heal's range request with the neighbour's records; return the rebuild asked for."""
+    ask = [a for a in d.of(Send) if isinstance(a.message, RangeRequest)][-1]
+    assert ask.peer == other.machine
+    records = tuple(rec(other, s, b"\x07") for s in range(ask.message.first, ask.message.last))
+    d.feed(Received(other.machine, RangeReply(ask.message.first, ask.message.last, False, records)), 0.1)
+    return d.of(Rebuild)[-1]
+
+
+def test_the_other_side_of_an_even_split_follows_the_leaders_records_never_its_weights():
+    """No majority can form between two honest replicas: the one that does not lead replays
+    the leader's records, and keeps them only if they reproduce the leader's digest; a
+    leader whose records miss its digest (tried from our last agreement, then from the
+    start) costs rebuilds, gets no checkpoint download, and is not followed again."""
+    leader = b"\x00" * 32
+    d = tie(SMALLER, leader)
+    assert d.logs("heal")[0]["majority"] is False and d.logs("heal")[0]["from_step"] == 5
+    before = sorted(r.rid for r in d.core.ledger.ordered())
+    for first in (5, 0):
+        rebuild = heal_by_records(d, SMALLER)
+        assert rebuild.replace and rebuild.expect == (10, leader) and rebuild.first == first
+        assert sorted(r.rid for r in d.core.ledger.ordered()) != before
+        d.feed(Rebuilt(d.core.sealed, {10: bytes([9]) * 32}, kept=False), 0.1)  # the records gave another digest
+    assert d.logs("healed")[-1]["ok"] is False and not d.of(FetchCheckpoint)
+    assert sorted(r.rid for r in d.core.ledger.ordered()) == before and d.core.digests[10] == bytes([9]) * 32
+    run_to(d, 30, [SMALLER])
+    d.feed(Received(SMALLER.machine, Votes((Vote.create(SMALLER, SWARM, 20, leader),))), 0.01)
+    d.feed(Tick(), 30)
+    assert len(d.logs("heal")) == 1 and d.logs("split")[-1] == {"step": 20, "leading_weight": 16, "total": 32,
+                                                                 "leading": False}
+
+
+def test_records_that_reproduce_the_leaders_digest_end_an_even_split():
+    leader = b"\x00" * 32
+    d = tie(SMALLER, leader)
+    heal_by_records(d, SMALLER)
+    d.feed(Rebuilt(d.core.sealed, {10: leader}), 0.1)
+    assert d.logs("healed")[-1] == {"step": 10, "how": "ledger", "ok": True} and d.core.revision == 1
+    revised = [v for a in d.of(Send) if isinstance(a.message, Votes) for v in a.message.votes if v.step == 10]
+    assert revised[-1].digest == leader and revised[-1].revision == 1
 
 
 def test_a_vote_relayed_for_another_machine_is_blamed_on_the_relay():

@@ -66,7 +66,7 @@ def test_a_late_record_is_applied_at_its_canonical_place(tmp_path, records):
     late = next(r for r in records if r.step == 5 and r.machine == SIGNERS[1].machine)
     for step in range(12):
         h.seal(step, [r for r in records if r.step == step and r is not late])
-    digests = h.rebuild(5, [late])
+    digests = h.rebuild(5, [late]).digests
     assert h.digest() == expected_digest(records, 12) and digests[12] == h.digest()
 
 
@@ -77,6 +77,41 @@ def test_a_heal_replaces_the_disputed_steps(tmp_path, records):
     h.rebuild(4, [r for r in records if 4 <= r.step < 12], replace=True, last=12)
     mine_before_4 = [r for r in records if r.step < 4 and r.machine == SIGNERS[0].machine]
     assert h.digest() == expected_digest(mine_before_4 + [r for r in records if r.step >= 4], 12)
+
+
+def test_a_substitution_that_misses_the_expected_digest_is_undone(tmp_path, records):
+    """A heal without a majority behind it (a tie) follows another replica's records only if
+    they reproduce the digest it voted: a peer that lies about its digest or serves a subset
+    costs a rebuild, never our records."""
+    h = history(tmp_path)
+    h.open(resume=False)
+    mine = [r for r in records if r.machine == SIGNERS[0].machine]
+    seal_all(h, mine, 12)
+    before, ledger_before = h.digest(), sorted(r.rid for r in h.ledger.ordered())
+    theirs = [r for r in records if 4 <= r.step < 12]
+    done = h.rebuild(4, theirs, replace=True, last=12, expect=(12, b"\xee" * 32))
+    assert not done.kept and h.digest() == before and sorted(r.rid for r in h.ledger.ordered()) == ledger_before
+    right = expected_digest([r for r in mine if r.step < 4] + theirs, 12)
+    done = h.rebuild(4, theirs, replace=True, last=12, expect=(12, right))
+    assert done.kept and h.digest() == right and done.digests[12] == right
+
+
+def test_our_record_of_a_step_sealed_without_it_is_never_applied(tmp_path, tokenizer, records):
+    """The tensor worker computed our record of step 3 while the swarm sealed step 3 without
+    it: the core never published it, so this replica must not apply it either (or it alone
+    would hold other weights), and it leaves the ledger file so no rebuild brings it back."""
+    task = build_task(SPEC.task, tokenizer)
+    h = History(tmp_path, SPEC, tiny_bert(), task.loss, checkpoint_every=4)
+    h.open(resume=False)
+    others = [r for r in records if r.machine == SIGNERS[1].machine]
+    seal_all(h, others, 3)
+    stale = h.compute(3, [task.collate(TEXTS[:4])], SIGNERS[0]).record
+    assert h.ledger.has(stale.rid)
+    for step in range(3, 8):
+        h.seal(step, [r for r in others if r.step == step])
+    assert not h.ledger.has(stale.rid) and h.digest() == expected_digest(others, 8)
+    h.rebuild(2, [])
+    assert h.digest() == expected_digest(others, 8)
 
 
 def test_a_downloaded_checkpoint_is_used_only_if_it_hashes_to_the_vouched_digest(tmp_path, records):

@@ -50,6 +50,20 @@ def test_a_minority_partition_heals_to_the_majority():
     assert m["heals"] > 0  # the minority's replicas healed (the majority never needed to)
 
 
+@pytest.mark.parametrize("peers", [2, 4, 5])
+def test_an_even_partition_where_both_sides_trained_alone_ends_identical(peers):
+    """Both halves of a partition seal steps alone for 30 s (min_peers 1): their replicas hold
+    different records of those steps, and no majority can ever form between them. The side
+    that does not lead follows the leader's records (SPEC 13), at every disputed step."""
+    for seed in range(3):
+        sim, m = run_scenario(Scenario(peers=peers, steps=60, seed=seed, min_peers=1, loss=0.02 * (seed % 2),
+                                       partition=(15.0, 45.0, 0.5), core_overrides={"alone_after": 5.0}))
+        assert converged(m) and m["honest_finished"] == peers, (seed, m)
+        assert m["heals"] > 0
+        healed = [f for p in sim.peers.values() for _, e, f in p.logs if e == "healed" and f["ok"]]
+        assert healed and not any(f["how"] == "checkpoint" for f in healed)
+
+
 def test_churn_with_joiners_by_checkpoint_and_by_replay_converges():
     sim, m = run_scenario(Scenario(peers=10, steps=40, loss=0.01, seed=4, churn_per_minute=0.5))
     assert converged(m) and m["joins"] > 0 and m["leaves"] > 0, m

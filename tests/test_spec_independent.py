@@ -753,9 +753,11 @@ def test_tally_vector():
         votes = {bytes.fromhex(v["machine"]): bytes.fromhex(v["digest"]) for v in case["votes"]}
         standing = {bytes.fromhex(v["machine"]): v["standing"] for v in case["votes"]}
         standing[me] = case["own_standing"]
-        winner, weight, total, supporters, split = ssv2.tally(votes, standing, bytes.fromhex(case["own_digest"]), me)
-        assert (winner.hex() if winner else None, weight, total, [m.hex() for m in supporters], split) == (
-            case["winner"], case["weight"], case["total"], case["supporters"], case["split"])
+        winner, weight, total, supporters, split, leader, followed = ssv2.tally(
+            votes, standing, bytes.fromhex(case["own_digest"]), me)
+        assert (winner.hex() if winner else None, weight, total, [m.hex() for m in supporters], split, leader.hex(),
+                [m.hex() for m in followed]) == (case["winner"], case["weight"], case["total"], case["supporters"],
+                                                 case["split"], case["leader"], case["leader_supporters"])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

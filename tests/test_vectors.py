@@ -291,9 +291,13 @@ def test_tally_vector():
             assert signer.machine.hex() == v["machine"]
             book.add(Vote.create(signer, bytes(32), 10, bytes.fromhex(v["digest"])))
             stand[signer.machine] = v["standing"]
-        got = book.tally(10, lambda m: min(stand.get(m, 0), t["cap"]), bytes.fromhex(case["own_digest"]), me)
+        got = book.tally(10, lambda m: min(stand.get(m, 0), t["cap"]), bytes.fromhex(case["own_digest"]), me,
+                         t["established"])
         assert (got.winner.hex() if got.winner else None, got.weight, got.total, [m.hex() for m in got.supporters],
-                got.split) == (case["winner"], case["weight"], case["total"], case["supporters"], case["split"])
+                got.split, got.leader.hex(), [m.hex() for m in got.leader_supporters]) == (
+            case["winner"], case["weight"], case["total"], case["supporters"], case["split"], case["leader"],
+            case["leader_supporters"])
+    assert CoreConfig().standing_cap // 2 == t["established"]
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])

@@ -25,7 +25,8 @@ A peer's life:
 4. **votes and healing** (trust.py): once a digest step can no longer change, neighbours
    exchange signed votes; a replica outvoted by a standing majority adopts a supporter's
    records for the disputed steps and rebuilds, or installs a checkpoint with the winning
-   digest; with no standing majority it keeps its weights and reports the split.
+   digest; on a split (no majority) the side that does not lead adopts the leader's
+   records if they reproduce its digest, and never its weights.
 5. **finish**: at the target step, a final vote among neighbours, then ``Finished``; a
    finished core keeps answering its neighbours until the driver stops it.
 
@@ -138,6 +139,10 @@ class _Heal:
     started: float
     stage: str = "fetch"           # wait_link -> fetch -> rebuild -> (checkpoint)
     records: list[Record] = field(default_factory=list)
+    majority: bool = True          # False: following the leader of a split, by its records only
+    source: bytes = b""            # the supporter whose records we fetched
+    timeouts: int = 0              # range requests that timed out (each supporter gets two tries)
+    previous: list[Record] = field(default_factory=list)  # our records of the disputed steps (to restore)
 
 
 class SwarmCore:
@@ -194,14 +199,15 @@ class SwarmCore:
         self._tallies: dict[int, float] = {}       # digest step -> when to tally it
         self._to_cast: set[int] = set()            # settled digest steps we have yet to vote on
         self._voted: set[int] = set()
-        self._agreed = max((s for s in self.digests if s <= sealed), default=0)
+        self._misled_by: dict[bytes, float] = {}   # served records that missed the digest it led a split with:
+                                                   # not followed on a split again until then
         self.revision = 0
         self.heals = 0
         self.late_applied = 0
         self.records_applied = 0
         self._final_at: float | None = None
         self._final_voted_at: float | None = None
-        self._final_healed = False
+        self._final_heals = 0
         self._next_status = 0.0
         self._next_peers = 0.0
         self._peers_sent = -1e9
@@ -543,7 +549,10 @@ class SwarmCore:
             except ProtocolError as exc:
                 self._blame(peer, f"bad vote ({exc})", out)
                 continue
-            self.votes.add(vote)
+            if (self.votes.add(vote) and vote.step in self._voted and vote.step not in self._tallies
+                    and vote.digest != self.digests.get(vote.step) and self.weight(peer) > 0):
+                # a disagreeing vote after our tally (it was cut off, or it revised its weights)
+                self._tallies[vote.step] = self.now + self.cfg.vote_grace
 
     def _cast(self, step: int, out: list) -> None:
         digest = self.digests.get(step)
@@ -783,8 +792,8 @@ class SwarmCore:
             if any(r.step < step for r in self._late):
                 self._flush_late(out, force=True)
                 return
-            if self._busy:
-                return
+            if self._busy or self._heal is not None:
+                return  # (a heal in progress may replace the weights this vote would speak for)
             self._to_cast.discard(step)
             if step in self.digests:  # (none for a step we did not replay, e.g. before a checkpoint we joined from)
                 self._cast(step, out)
@@ -795,26 +804,48 @@ class SwarmCore:
             if self.now < when or self._busy or self._heal is not None or self._range is not None:
                 continue
             del self._tallies[step]
-            self._act_on(self.votes.tally(step, self.weight, self.digests.get(step), self.me), out)
+            self._act_on(self.votes.tally(step, self.weight, self.digests.get(step), self.me, self._established), out)
 
     def _act_on(self, tally: Tally, out: list) -> None:
+        """Heal towards a standing majority's digest (records, then a checkpoint if need be);
+        on a split, towards the leading digest by its supporters' records only (see trust.py):
+        two honest replicas that sealed a step differently can never form a majority, and
+        without this they would stay apart for good."""
         mine = self.digests.get(tally.step)
         if mine is None:
             return  # nothing of ours to compare
-        if tally.split:
-            out.append(Log("split", {"step": tally.step, "leading_weight": tally.weight, "total": tally.total}))
+        target = tally.winner if not tally.split else tally.leader
+        if target is None:
             return
-        if tally.winner is None or tally.winner == mine:
-            if tally.winner is not None:
-                self._agreed = max(self._agreed, tally.step)
+        if target == mine:
+            if tally.split:
+                out.append(Log("split", {"step": tally.step, "leading_weight": tally.weight, "total": tally.total,
+                                         "leading": True}))
             return
-        if not tally.supporters:
+        supporters = tally.supporters if not tally.split else tuple(
+            p for p in tally.leader_supporters if self._misled_by.get(p, 0) <= self.now)
+        if not supporters:
+            if tally.split:
+                out.append(Log("split", {"step": tally.step, "leading_weight": tally.weight, "total": tally.total,
+                                         "leading": False}))
             return
         self.heals += 1
-        self._heal = _Heal(tally.step, tally.winner, tally.supporters, self._agreed, self.now)
-        out.append(Log("heal", {"step": tally.step, "mine": mine.hex() if mine else None, "winner": tally.winner.hex(),
-                                "weight": tally.weight, "total": tally.total, "from_step": self._agreed}))
+        first = self._last_agreement(supporters, tally.step)
+        self._heal = _Heal(tally.step, target, supporters, first, self.now, majority=not tally.split)
+        out.append(Log("heal", {"step": tally.step, "mine": mine.hex() if mine else None, "winner": target.hex(),
+                                "weight": tally.weight, "total": tally.total, "from_step": first,
+                                "majority": not tally.split}))
         self._heal_fetch(out)
+
+    def _last_agreement(self, supporters: tuple[bytes, ...], before: int) -> int:
+        """The newest digest step before ``before`` at which a supporter voted our digest: the
+        records from there on are the disputed ones (after a partition each side agreed within
+        itself, so any agreement will not do); with no such vote held, our whole history."""
+        for step in sorted((s for s in self.digests if self.floor < s < before), reverse=True):
+            votes = self.votes.of(step)
+            if any(votes[p].digest == self.digests[step] for p in supporters if p in votes):
+                return step
+        return self.floor
 
     def _heal_fetch(self, out: list) -> None:
         heal = self._heal
@@ -852,9 +883,12 @@ class SwarmCore:
             self._heal_next_supporter(req.peer, out)
             return
         heal.stage = "rebuild"
+        heal.source = req.peer
         self._busy += 1
         trusted = {heal.first: self.digests[heal.first]} if heal.first in self.digests else {}
-        out.append(Rebuild(heal.first, tuple(heal.records), replace=True, last=heal.step, trusted=trusted))
+        out.append(Rebuild(heal.first, tuple(heal.records), replace=True, last=heal.step, trusted=trusted,
+                           expect=(heal.step, heal.winner)))
+        heal.previous = [r for r in self.ledger.ordered() if heal.first <= r.step < heal.step]
         kept = [r for r in self.ledger.ordered() if not heal.first <= r.step < heal.step]
         kept += [r for r in heal.records if r.step >= self.sealed - self._keep()]
         self.ledger = Ledger(kept)
@@ -862,9 +896,26 @@ class SwarmCore:
             self.gossip.note(r.rid, r.step)
 
     def _heal_rebuilt(self, out: list) -> None:
+        """The supporter's records replayed: kept if they gave the winning digest. If not, our
+        own records are back (History restored them), and we try once more with the whole
+        history (our last agreement may be older than its votes said: it may have revised
+        its weights since), then a checkpoint if a majority vouches for the digest."""
         heal = self._heal
         if self.digests.get(heal.step) == heal.winner:
             self._healed("ledger", out)
+            return
+        self.ledger = Ledger([r for r in self.ledger.ordered() if not heal.first <= r.step < heal.step]
+                             + heal.previous)
+        for r in heal.previous:
+            self.gossip.note(r.rid, r.step)
+        if heal.first > self.floor:
+            heal.first = self.floor
+            self._heal_fetch(out)
+            return
+        if not heal.majority:  # the leader's records do not give its digest: it lied, or served a subset
+            self._misled_by[heal.source] = self.now + self.cfg.ban_seconds
+            self._heal = None
+            out.append(Log("healed", {"step": heal.step, "how": "the leader's records missed its digest", "ok": False}))
             return
         heal.stage = "checkpoint"
         self._busy += 1
@@ -885,7 +936,6 @@ class SwarmCore:
             if event.ok:
                 self.sealed = self.horizon = self.floor = event.step
                 self.digests[event.step] = self._join_digest
-                self._agreed = event.step
                 self.ledger = Ledger(self.ledger.ordered(event.step))
                 out.append(Log("checkpoint_installed", {"step": event.step}))
             else:
@@ -895,10 +945,13 @@ class SwarmCore:
     def _healed(self, how: str, out: list) -> None:
         heal = self._heal
         self._heal = None
-        self._agreed = max(self._agreed, heal.step)
         self.revision += 1
         out.append(Log("healed", {"step": heal.step, "how": how, "ok": True}))
         self._cast(heal.step, out)
+        for step in sorted(self._voted):  # our other votes speak for weights we just replaced
+            mine = self.votes.of(step).get(self.me)
+            if step != heal.step and mine is not None and self.digests.get(step, mine.digest) != mine.digest:
+                self._cast(step, out)
 
     # ===================================================================================== join
     def weight(self, machine: bytes) -> int:
@@ -909,6 +962,11 @@ class SwarmCore:
         if machine in self.equivocators:
             return 0
         return min(self.standing(machine), self.cfg.standing_cap)
+
+    @property
+    def _established(self) -> int:
+        """The weight from which a voter counts as an established member (see trust.tally)."""
+        return max(1, self.cfg.standing_cap // 2)
 
     def _frontier(self) -> int:
         """Where the swarm is: the lower median of our neighbours' sealed steps (only those
@@ -987,7 +1045,7 @@ class SwarmCore:
         for step in sorted({v.step for v in self.votes.recent(0)}, reverse=True):
             if step % self.cfg.checkpoint_every:
                 continue
-            tally = self.votes.tally(step, self.weight)
+            tally = self.votes.tally(step, self.weight, established=self._established)
             if tally.winner is not None and tally.supporters:
                 self.phase = "join_checkpoint"
                 self._join_digest = tally.winner
@@ -1088,8 +1146,9 @@ class SwarmCore:
             self.phase = "finish"
             self._final_at = self.now + self._round_wait() + self.cfg.vote_grace
             out.extend(Send(peer, self._status()) for peer in self.gossip.links)
-        if self.phase != "finish" or self._busy or self._heal is not None or self._range is not None:
-            return
+        if (self.phase != "finish" or self._busy or self._heal is not None or self._range is not None
+                or self._to_cast or self._tallies):
+            return  # (the last digest steps' votes first: a heal there changes the final digest)
         if self._final_voted_at is None:
             if self.now < self._final_at:
                 return
@@ -1102,11 +1161,17 @@ class SwarmCore:
         waiting = [p for p in self.gossip.links if self.weight(p) > 0 and p not in self.votes.of(target)]
         if waiting and self.now - self._final_voted_at < self.cfg.finish_timeout:
             return
-        tally = self.votes.tally(target, self.weight, self.digests.get(target), self.me)
-        if tally.winner is not None and tally.winner != self.digests.get(target) and not self._final_healed:
-            self._final_healed = True
+        mine = self.digests.get(target)
+        tally = self.votes.tally(target, self.weight, mine, self.me, self._established)
+        lead = tally.leader if tally.split else tally.winner
+        if lead is not None and lead != mine and self._final_heals < 3:
+            self._final_heals += 1
             self._act_on(tally, out)
-            return
+            if self._heal is not None:
+                return
+        disagree = any(v.digest != mine for p, v in self.votes.of(target).items() if p != self.me and self.weight(p) > 0)
+        if disagree and self.now - self._final_voted_at < self.cfg.finish_timeout:
+            return  # a neighbour may still heal towards us (each side may weigh the other differently)
         if tally.split:
             out.append(Log("split", {"step": target, "leading_weight": tally.weight, "total": tally.total}))
         self.phase = "done"
@@ -1130,7 +1195,11 @@ class SwarmCore:
             stale, self._range = self._range, None
             out.append(Log("range_timeout", {"peer": stale.peer.hex(), "first": stale.first, "last": stale.last}))
             if stale.purpose == "heal" and self._heal is not None:
-                self._heal_next_supporter(stale.peer, out)
+                self._heal.timeouts += 1
+                if self._heal.timeouts % 2:  # one more try (a link may have broken under the reply)
+                    self._heal_fetch(out)
+                else:
+                    self._heal_next_supporter(stale.peer, out)
         self._standing_ranges = [r for r in self._standing_ranges if now <= r.deadline and r.peer in self.gossip.links]
         if self.phase == "join_standing":
             self._maybe_join_by_checkpoint(out)

@@ -83,6 +83,7 @@ class Rebuilt:
     sealed: int
     digests: dict[int, bytes] = field(default_factory=dict)
     ok: bool = True  # False: no checkpoint old enough was left to rebuild from (the weights are as they were)
+    kept: bool = True  # False: the replay missed the expected digest and the replaced records are back
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ class Compute:
 
 @dataclass(frozen=True)
 class Seal:
-    """Add ``records`` (admitted) to the ledger and apply step ``step``'s applicable records."""
+    """Apply step ``step`` with exactly ``records`` (admitted): they join the ledger, and any
+    other record the ledger holds for that step leaves it (our own record computed after the
+    swarm sealed the step without it: never published, so never applied anywhere else)."""
 
     step: int
     records: tuple[Record, ...]
@@ -145,6 +148,8 @@ class Rebuild:
     replace: bool = False
     last: int = 0
     trusted: dict[int, bytes] = field(default_factory=dict)  # step -> digest a checkpoint must have
+    expect: tuple[int, bytes] | None = None  # with replace: keep the substitution only if the digest after
+                                             # that step comes out so; else restore the records replaced
 
 
 @dataclass(frozen=True)

@@ -878,19 +878,29 @@ def dht_message(key: str, owner: bytes, entry: bytes, expiration: float) -> tupl
 # --- 13. the tally (seedswarm's local policy, as SPEC section 13 describes it) ------------------
 def tally(votes: dict, standing: dict, own_digest: bytes, me: bytes, cap: int = 16):
     """votes: machine -> digest (one admissible vote each); standing: machine -> standing.
-    Returns (winner or None, leading weight, total, supporters, split)."""
+    Returns (winner or None, heaviest weight, total, supporters of the heaviest, split,
+    leader, supporters of the leader)."""
+    weight_of = {m: min(standing.get(m, 0), cap) for m in votes if m != me}
+    ballots = [(m, d, weight_of[m]) for m, d in votes.items() if m != me and weight_of[m] > 0]
+    ballots.append((me, own_digest, max(min(standing.get(me, 0), cap), 1)))
+    established = [(m, d) for m, d, w in ballots if w >= cap // 2]
     weights: dict[bytes, int] = {}
-    voters: dict[bytes, list] = {}
-    for machine, digest in votes.items():
-        if machine == me:
-            continue
-        w = min(standing.get(machine, 0), cap)
-        if w > 0:
-            weights[digest] = weights.get(digest, 0) + w
-            voters.setdefault(digest, []).append((w, machine))
-    weights[own_digest] = weights.get(own_digest, 0) + max(min(standing.get(me, 0), cap), 1)
+    for _, d, w in ballots:
+        weights[d] = weights.get(d, 0) + w
     total = sum(weights.values())
-    lead, weight = max(weights.items(), key=lambda kv: (kv[1], kv[0]))
-    supporters = [m for w, m in sorted(voters.get(lead, []), key=lambda wm: (-wm[0], wm[1]))]
-    won = 2 * weight > total
-    return (lead if won else None), weight, total, supporters, not won
+
+    def supporters(digest):
+        return [m for m, d, w in sorted(ballots, key=lambda b: (-b[2], b[0])) if d == digest and m != me]
+
+    heaviest = max(weights, key=lambda d: (weights[d], d))
+    n_est = {d: sum(1 for _, e in established if e == d) for d in weights}
+    won = 2 * weights[heaviest] > total and (not established or 2 * n_est[heaviest] > len(established))
+    if won:
+        leader = heaviest
+    elif established:
+        smallest = {d: min(m for m, e in established if e == d) for d in weights if n_est[d]}
+        leader = min(smallest, key=lambda d: (-n_est[d], smallest[d]))
+    else:
+        leader = heaviest
+    return ((heaviest if won else None), weights[heaviest], total, supporters(heaviest), not won, leader,
+            supporters(leader))
