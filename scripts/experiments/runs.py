@@ -65,6 +65,12 @@ class RunConfig:
     eval_every: int = 4
     lr: float = ZO_LR
     normalize: str = "none"   # the step rule's normalisation (spec.aggregation.normalize)
+    trainable: tuple[str, ...] = ("*",)   # spec.trainable
+    frozen: tuple[str, ...] = ()          # spec.frozen
+    eps: float = EPS
+    samples: int = 1          # spec.samples_per_step: probes per record, all on the peer's one batch
+    rank: int = 0             # spec.perturbation_rank: 0 elementwise z, r > 0 low-rank z on 2-D tensors
+    batch: int = BATCH_SIZE   # examples per peer per step
 
 
 @dataclass
@@ -110,17 +116,21 @@ class Setting:
         self.unseen = evenly_spaced(self.unseen, test_size or len(self.unseen))
         self.eval_set = evenly_spaced(self.test, eval_size)
 
-    def spec(self, perturbation: str = "rademacher", lr: float = ZO_LR, normalize: str = "none") -> SwarmSpec:
+    def spec(self, cfg: RunConfig | None = None) -> SwarmSpec:
+        """The swarm spec of a ZO run (the defaults of ``RunConfig`` without one)."""
+        cfg = cfg or RunConfig("default", "default")
         return SwarmSpec(name="seedswarm-experiments", model=ModelRef(self.model_id), task=PRESETS["sentiment"],
-                         lr=LRSchedule(base=lr), eps=EPS, codec=CodecParams(clip=CLIP), batch_size=BATCH_SIZE,
-                         perturbation=perturbation, aggregation=Aggregation(normalize=normalize))
+                         lr=LRSchedule(base=cfg.lr), eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
+                         perturbation=cfg.perturbation, aggregation=Aggregation(normalize=cfg.normalize),
+                         trainable=cfg.trainable, frozen=cfg.frozen, samples_per_step=cfg.samples,
+                         perturbation_rank=cfg.rank)
 
     def fresh_model(self) -> nn.Module:
         return load_model(None if self.model_id == BUNDLED_ID else self.model_id)[0]
 
-    def stream(self, peer: int, peers: int) -> BatchStream:
+    def stream(self, peer: int, peers: int, batch: int = BATCH_SIZE) -> BatchStream:
         """Peer ``peer``'s private shard, in its own shuffled order (seed = peer index)."""
-        return BatchStream(shard(self.train, peer, peers), BATCH_SIZE, seed=peer)
+        return BatchStream(shard(self.train, peer, peers), batch, seed=peer)
 
     def accuracy(self, model: nn.Module, full: bool = False, unseen: bool = False) -> float:
         """In-distribution held-out accuracy (the subset, or ``full``), or with ``unseen`` the
@@ -138,14 +148,17 @@ def zo_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResu
     """SPSA on P simulated peers. One-byte: the normal record path. Other codecs: the exact
     projected gradient of the same record (same seed, same batch) goes through the codec and
     is queued as coef = f32(-lr * value), exactly like a decoded byte would be."""
-    spec = setting.spec(cfg.perturbation, cfg.lr, cfg.normalize)
+    spec = setting.spec(cfg)
     replica = Replica.for_task(model, spec, setting.task)
     machines = [Signer(bytes([i]) * 32) for i in range(cfg.peers)]
-    streams = [setting.stream(i, cfg.peers) for i in range(cfg.peers)]
+    streams = [setting.stream(i, cfg.peers, cfg.batch) for i in range(cfg.peers)]
     payload, quantize = CODECS[cfg.codec]
 
     def step(t: int) -> tuple[float, float]:
-        local = [replica.local_step(t, m, [setting.task.collate(next(s))]) for m, s in zip(machines, streams)]
+        local = []
+        for m, s in zip(machines, streams):
+            batch = setting.task.collate(next(s))  # several probes of one record share the peer's batch
+            local.append(replica.local_step(t, m, [batch] * spec.samples_per_step))
         local.sort(key=lambda r: r.record.order_key)
         result.grads += [g for r in local for g in r.grads]
         if quantize is None:
