@@ -94,10 +94,11 @@ def plot_rules(runs: dict[str, RunResult], rows: Sequence[dict], zero_shot: floa
 def rules_section(rows: Sequence[dict], zs_full: float, zs_unseen: float, heading: str = "## 6. Update rules") -> list[str]:
     """The update-rule comparison: table and plots (written by ``plot_rules``)."""
     table = _table(
-        ["rule", "peers", "lr", "steps", "subset acc at end (%)", "in-distribution held-out (%)", "out-of-template (%)",
-         "steps to vanilla's final", "bytes to vanilla's final", "time (s)"],
-        [["zero-shot", "-", "-", 0, "-", f"{zs_full:.2f}", f"{zs_unseen:.2f}", "-", "-", "-"]]
-        + [[r["rule"], r["peers"], f"{r['lr']:g}", r["steps"], f"{r['final_subset']:.2f}",
+        ["rule", "peers", "settings", "steps", "gradients", "subset acc at end (%)", "in-distribution held-out (%)",
+         "out-of-template (%)", "steps to vanilla's final", "bytes to vanilla's final", "time (s)"],
+        [["zero-shot", "-", "-", 0, 0, "-", f"{zs_full:.2f}", f"{zs_unseen:.2f}", "-", "-", "-"]]
+        + [[r["rule"], r["peers"], r.get("settings", f"lr {r['lr']:g}"), r["steps"], r.get("gradients", r["steps"] * r["peers"]),
+            f"{r['final_subset']:.2f}",
             f"{r['final_full']:.2f} ({r['final_full'] - zs_full:+.2f})", f"{r['final_unseen']:.2f} ({r['final_unseen'] - zs_unseen:+.2f})",
             r["steps_to_target"] if r["steps_to_target"] is not None else f"not in {r['steps']}",
             _fmt_bytes(r["bytes_to_target"]) if r["bytes_to_target"] is not None else "-", f"{r['seconds']:.0f}"]
