@@ -45,7 +45,8 @@ def z_matrix(key: int, shape: tuple[int, int], rank: int, device: torch.device |
              rows: torch.Tensor | None = None) -> torch.Tensor:
     """z of the whole m x n tensor (or of its ``rows``), float32, exact (see module docstring)."""
     u, v = factors(key, shape, rank, device, rows)
-    return (u @ v.T).mul_(lowrank_scale(rank))
+    z = u @ v.T
+    return z if rank == 1 else z.mul_(lowrank_scale(rank))
 
 
 def _scalar(x: float, like: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,8 @@ def _updated(v: torch.Tensor, terms: Sequence[Term], rank: int, shape: tuple[int
              rows: torch.Tensor | None = None) -> torch.Tensor:
     """v (working dtype, written in place) after ``terms``: v = v*d, then v = v + coef*z, each rounded."""
     for t in terms:
-        v.mul_(_scalar(t.decay, v))
+        if t.decay != 1.0:  # x * 1.0 == x for every float: skipping it changes no bit
+            v.mul_(_scalar(t.decay, v))
         v.add_(z_matrix(t.key, shape, rank, v.device, rows).to(v.dtype).mul_(_scalar(t.coef, v)))
         if narrow is not None:
             v.copy_(v.to(narrow))

@@ -110,7 +110,12 @@ def rules_section(rows: Sequence[dict], zs_full: float, zs_unseen: float, headin
         "section 10.3), so replicas and replays stay bit-identical. `vanilla`: the default step rule (redescending "
         "clip at 2x the step's median |g|, coef = -lr g). `rms` (FZOO-style, `aggregation.normalize = \"rms\"`): the "
         "same clip, then every gradient of the step divided by the root mean square of the step's gradients, so the "
-        "lr is a step length (with 1 peer and 1 sample a step is +-lr along z: sign-SGD).",
+        "lr is a step length (with 1 peer and 1 sample a step is +-lr along z: sign-SGD). `lowrank` "
+        "(`perturbation_rank`, SPEC.md section 5.1, LOZO-style): every weight matrix is perturbed and updated along "
+        "a rank-r sign matrix U V^T / sqrt(r) (exact on every device) instead of independent signs. `bitfit`: the "
+        "vanilla rule with only the LayerNorm gains and biases trainable (`trainable` = `*LayerNorm*`, `*bias`: "
+        "31,104 of 22.7M parameters), the demo's default recipe. Each rule at the lr its sweep picked "
+        "(`runs.RULES`).",
         "",
         "Same data, seeds and batches for every rule; P peers x the steps shown (P one-byte records of 115 B per step). "
         "Target: the vanilla run's final subset accuracy with the same peers (mean of its last 3 evaluations); steps to "
