@@ -212,6 +212,8 @@ def run_demo(cfg: DemoConfig, show=None) -> dict:
             elif phase == "training":
                 show.progress(state["step"], training_line(state, len(subset)))
             time.sleep(0.5)
+        if phase != "finishing":  # every peer finished and exited between two looks (e.g. during an evaluation)
+            show.phase("finish", "peers apply the last late records and agree on the final weight digest")
         summaries = [p.summary() for p in peers]
     finally:
         for p in peers:
