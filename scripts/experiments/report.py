@@ -114,8 +114,9 @@ def rules_section(rows: Sequence[dict], zs_full: float, zs_unseen: float, headin
         "(`perturbation_rank`, SPEC.md section 5.1, LOZO-style): every weight matrix is perturbed and updated along "
         "a rank-r sign matrix U V^T / sqrt(r) (exact on every device) instead of independent signs. `bitfit`: the "
         "vanilla rule with only the LayerNorm gains and biases trainable (`trainable` = `*LayerNorm*`, `*bias`: "
-        "31,104 of 22.7M parameters), the demo's default recipe. Each rule at the lr its sweep picked "
-        "(`runs.RULES`).",
+        "31,104 of 22.7M parameters), the demo's default recipe. `bitfit-2probes`: the same with two probes "
+        "per record (`samples_per_step` 2, two bytes) on one batch of 16 instead of one probe on 32, so the same "
+        "examples and forward work per step, at half the lr. Each rule at the lr its sweep picked (`runs.RULES`).",
         "",
         "Same data, seeds and batches for every rule; P peers x the steps shown (P one-byte records of 115 B per step). "
         "Target: the vanilla run's final subset accuracy with the same peers (mean of its last 3 evaluations); steps to "
