@@ -56,8 +56,8 @@ def plan(steps: int, eval_every: int) -> list[RunConfig]:
 
 
 def rule_label(settings: dict) -> str:
-    """A rule's settings in words: ``normalize rms, rank 4, lr 0.001``."""
-    return ", ".join(f"{k} {'|'.join(v) if isinstance(v, tuple) else format(v, 'g') if isinstance(v, float) else v}"
+    """A rule's settings in words (markdown, no ``|``): ``normalize rms, rank 4, lr 0.001``."""
+    return ", ".join(f"{k} {' '.join(f'`{p}`' for p in v) if isinstance(v, tuple) else format(v, 'g') if isinstance(v, float) else v}"
                      for k, v in settings.items())
 
 
