@@ -27,10 +27,10 @@ DEFAULT_STEPS = 60
 
 #: What the bundled MiniLM trains by default: its LayerNorm gains and every bias (BitFit-style,
 #: 31,104 of 22.7M parameters). Zeroth-order noise grows with the number of perturbed
-#: parameters, so a small set that can still move the sentence embedding learns far more per
+#: parameters, so a small set that can still move the sentence embedding learns more per
 #: step: measured in docs/RESULTS.md section 6 (4 peers x 60 steps, more held-out and
-#: out-of-template accuracy than all parameters), and each step is cheaper (no 22.7M-element
-#: perturbation to generate). Other models keep every parameter trainable ("*").
+#: out-of-template accuracy than all parameters) at the same compute per step (the forward
+#: dominates: scripts/bench_recipes.py). Other models keep every parameter trainable ("*").
 BUNDLED_TRAINABLE = ("*LayerNorm*", "*bias")
 #: Its learning rate (swept with scripts/experiments/sweep.py, runs.RULES: 3e-2 diverges; 1e-2
 #: learns as much in the simulation but real demos, whose records are a step stale, ranged from
