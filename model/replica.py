@@ -58,7 +58,8 @@ class Replica:
         self.loss_fn = loss_fn
         self.paired_fn = paired_fn
         self.swarm_id = spec.swarm_id
-        self.zo = ZerothOrder(model, spec.perturbation, spec.trainable, spec.frozen, spec.no_decay)
+        self.zo = ZerothOrder(model, spec.perturbation, spec.trainable, spec.frozen, spec.no_decay,
+                              spec.perturbation_rank)
         self.applied = 0  # records applied
 
     @classmethod

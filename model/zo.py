@@ -35,6 +35,7 @@ from torch import nn
 
 from ..protocol import globs
 from ..protocol.hashing import tensor_id, tensor_key
+from . import lowrank
 from .perturb import MAX_TERMS_PER_PASS, Term, apply, perturbed_rows
 
 #: Queued updates an embedding may hold before they are applied to all its rows in one pass.
@@ -102,6 +103,7 @@ class TrainableTensor:
     name_id: int
     decay: bool
     pending: list[Term] = field(default_factory=list)
+    rank: int = 0  # > 0: a 2-D tensor of a low-rank swarm (z = U V^T / sqrt(rank), model/lowrank.py)
 
     _array: tuple = (None, None)  # (data_ptr, numpy view) for the CPU kernel's hot path
 
@@ -158,11 +160,14 @@ class ZerothOrder:
         trainable: Sequence[str] = ("*",),
         frozen: Sequence[str] = (),
         no_decay: Sequence[str] = (),
+        rank: int = 0,
     ) -> None:
+        """``rank`` > 0: 2-D tensors are perturbed along rank-``rank`` sign matrices (spec
+        ``perturbation_rank``, SPEC 5.1); other tensors along elementwise ``dist``."""
         self.model = model
         self.dist = dist
         self.tensors = [
-            TrainableTensor(name, p, tensor_id(name), not globs.matches_any(name, no_decay))
+            TrainableTensor(name, p, tensor_id(name), not globs.matches_any(name, no_decay), rank=rank if p.dim() == 2 else 0)
             for name, p in select_parameters(model, trainable, frozen)
         ]
         by_param = {id(t.param): t for t in self.tensors}
@@ -191,7 +196,9 @@ class ZerothOrder:
             entry = self._pool.take(t.param)
             buf, buf_array = entry
             perturb = (tensor_key(seed, t.name_id), scale)
-            if self._cpu_kernels and buf_array is not None and len(t.pending) <= MAX_TERMS_PER_PASS and t.param.is_contiguous():
+            if t.rank:
+                self._apply(t, t.pending, perturb=perturb, out=buf)
+            elif self._cpu_kernels and buf_array is not None and len(t.pending) <= MAX_TERMS_PER_PASS and t.param.is_contiguous():
                 self._cpu_kernels.apply_arrays(t.array(), buf_array, t.pending, self.dist, perturb)
             else:
                 apply(t.flat, t.pending, self.dist, perturb=perturb, out=buf)
@@ -211,12 +218,26 @@ class ZerothOrder:
         back after), so a step touches a few hundred rows instead of the whole vocabulary. Queued
         updates stay queued for the other rows and are applied densely every ROW_LAZY_FLUSH."""
         if len(t.pending) >= ROW_LAZY_FLUSH:
-            apply(t.flat, t.pending, self.dist)
+            self._apply(t, t.pending)
             t.pending.clear()
         rows = torch.unique(ids.reshape(-1))
         original = t.param.data[rows].clone()
-        t.param.data[rows] = perturbed_rows(t.param.data, rows, self.dist, tensor_key(seed, t.name_id), scale, t.pending)
+        t.param.data[rows] = self._rows(t, rows, tensor_key(seed, t.name_id), scale)
         return t, rows, original
+
+    def _apply(self, t: TrainableTensor, terms: Sequence[Term], perturb: tuple[int, float] | None = None,
+               out: torch.Tensor | None = None, out2: torch.Tensor | None = None) -> None:
+        """``perturb.apply`` on one tensor, low-rank or elementwise as the tensor is."""
+        if t.rank:
+            lowrank.apply(t.param.data, terms, t.rank, perturb=perturb, out=out, out2=out2)
+        else:
+            apply(t.flat, terms, self.dist, perturb=perturb, out=out, out2=out2)
+
+    def _rows(self, t: TrainableTensor, rows: torch.Tensor, key: int, scale: float, pair: bool = False):
+        """``perturb.perturbed_rows`` on one tensor (its pending terms applied on the fly)."""
+        if t.rank:
+            return lowrank.perturbed_rows(t.param.data, rows, key, scale, t.rank, t.pending, pair)
+        return perturbed_rows(t.param.data, rows, self.dist, key, scale, t.pending, pair)
 
     @staticmethod
     def _restore_rows(restore: tuple) -> None:
@@ -391,7 +412,7 @@ class ZerothOrder:
         swaps = []
         for t in tensors:
             plus, minus = self._pool.take(t.param), self._pool.take(t.param)
-            apply(t.flat, t.pending, self.dist, perturb=(tensor_key(seed, t.name_id), eps), out=plus[0], out2=minus[0])
+            self._apply(t, t.pending, perturb=(tensor_key(seed, t.name_id), eps), out=plus[0], out2=minus[0])
             t.pending.clear()
             swaps.append((t, t.param.data, plus, minus))
 
@@ -412,11 +433,11 @@ class ZerothOrder:
     def _paired_rows(self, t: TrainableTensor, ids: torch.Tensor, seed: int, eps: float):
         """The row-sparse embedding path of ``_perturb_rows``, with both signs."""
         if len(t.pending) >= ROW_LAZY_FLUSH:
-            apply(t.flat, t.pending, self.dist)
+            self._apply(t, t.pending)
             t.pending.clear()
         rows = torch.unique(ids.reshape(-1))
         original = t.param.data[rows].clone()
-        plus, minus = perturbed_rows(t.param.data, rows, self.dist, tensor_key(seed, t.name_id), eps, t.pending, pair=True)
+        plus, minus = self._rows(t, rows, tensor_key(seed, t.name_id), eps, pair=True)
 
         def put(values):
             return lambda: t.param.data.__setitem__(rows, values)
@@ -434,7 +455,7 @@ class ZerothOrder:
         for t in self.tensors:
             if t.pending:
                 with torch.no_grad():
-                    apply(t.flat, t.pending, self.dist)
+                    self._apply(t, t.pending)
                 t.pending.clear()
 
     def discard_pending(self) -> None:

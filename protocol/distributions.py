@@ -72,3 +72,28 @@ def z_value(dist: str, key: int, index: int) -> float:
         lane = (stream64(key, index >> 2) >> (16 * (index & 3) + 4)) & 0xFFF
         return gaussian_table()[lane]
     raise ValueError(f"unknown perturbation distribution {dist!r}; expected one of {DISTRIBUTIONS}")
+
+
+# --- low-rank z (spec.perturbation_rank = r > 0, SPEC section 5.1) -------------------------------
+def lowrank_scale(rank: int) -> float:
+    """1/sqrt(rank) for a power of 4: an exact power of two (so z = (integer) * scale is exact)."""
+    if rank < 1 or rank & (rank - 1) or (rank.bit_length() - 1) % 2:
+        raise ValueError(f"a low-rank perturbation's rank must be a power of 4, not {rank}")
+    return 2.0 ** -((rank.bit_length() - 1) // 2)
+
+
+def lowrank_z_value(key: int, shape: tuple[int, int], rank: int, index: int) -> float:
+    """z of element ``index`` (row-major) of an m x n tensor under the rank-``rank`` rule:
+    ``sum_c U[a, c] * V[b, c] / sqrt(rank)`` with the sign factors read from the tensor's own
+    Rademacher stream, U first (element a*rank + c), then V (element (m + b)*rank + c).
+
+    Every product is +-1 and every partial sum a small integer, so the sum is exact in any
+    order and in float32 (even bfloat16 up to rank 256); times a power of two it stays exact:
+    the same bits on every device, whatever the matmul kernel."""
+    m, n = shape
+    a, b = divmod(index, n)
+    if not 0 <= a < m:
+        raise IndexError(f"element {index} outside a {m} x {n} tensor")
+    total = sum(z_value(RADEMACHER, key, a * rank + c) * z_value(RADEMACHER, key, (m + b) * rank + c)
+                for c in range(rank))
+    return total * lowrank_scale(rank)

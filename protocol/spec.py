@@ -35,6 +35,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 ADMISSION_MODES = ("open", "members")
 CLIP_RULES = ("none", "median", "redescend")
 NORMALIZE_RULES = ("none", "rms")
+#: Ranks of the low-rank perturbation (SPEC 5.1): 0 (elementwise z) or a power of 4, so that
+#: 1/sqrt(rank) is a power of two and z stays exact.
+PERTURBATION_RANKS = (0, 1, 4, 16, 64)
 MAX_WINDOW = 64
 MAX_SCALE = 1e3      # eps and weight_decay: far beyond any useful value, and never an infinite decay
 MIN_CLIP = 1e-30     # the codec's smallest scale clip * 2**-64 stays a normal double
@@ -107,6 +110,10 @@ class SwarmSpec:
     trainable: tuple[str, ...] = ("*",)
     frozen: tuple[str, ...] = ()
     perturbation: str = RADEMACHER
+    #: 0: every element's z drawn on its own (SPEC 5). r > 0: every 2-D trainable tensor's z is
+    #: the rank-r sign matrix U V^T / sqrt(r) (LOZO-style, SPEC 5.1): a step explores an
+    #: r-dimensional family of directions per matrix instead of all m*n at once. Optional field.
+    perturbation_rank: int = 0
     eps: float = 1e-3
     lr: LRSchedule = field(default_factory=LRSchedule)
     weight_decay: float = 0.0
@@ -227,6 +234,7 @@ def parse_swarm_id(text: str) -> bytes:
 #: id of every spec that does not use them is what it was before they existed.
 OPTIONAL_FIELDS: dict[tuple[str, ...], Any] = {
     ("aggregation", "normalize"): "none",
+    ("perturbation_rank",): 0,
 }
 _NESTED = {"model": ModelRef, "task": TaskRef, "lr": LRSchedule, "codec": CodecParams,
            "aggregation": Aggregation, "admission": Admission}
@@ -336,6 +344,10 @@ def _validate(s: SwarmSpec) -> None:
         raise ProtocolError("spec.trainable must name at least one parameter pattern")
     if s.perturbation not in DISTRIBUTIONS:
         raise ProtocolError(f"spec.perturbation must be one of {DISTRIBUTIONS}")
+    if type(s.perturbation_rank) is not int or s.perturbation_rank not in PERTURBATION_RANKS:
+        raise ProtocolError(f"spec.perturbation_rank must be one of {PERTURBATION_RANKS}")
+    if s.perturbation_rank and s.perturbation != RADEMACHER:
+        raise ProtocolError("spec.perturbation_rank > 0 needs spec.perturbation = \"rademacher\" (exact sign factors)")
     _float(s.eps, "spec.eps", positive=True, hi=MAX_SCALE)
     if type(s.lr) is not LRSchedule:
         raise ProtocolError("spec.lr must be a mapping")

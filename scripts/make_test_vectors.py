@@ -29,7 +29,7 @@ from seedswarm.peer.dht import Ed25519EntryValidator, owner_subkey
 from seedswarm.protocol import codec
 from seedswarm.protocol.aggregation import clip_bound, clipped, spread, step_gradients, step_terms
 from seedswarm.protocol.directory import MemberInfo, encode_entry, member_bucket, member_key
-from seedswarm.protocol.distributions import GAUSSIAN, GAUSSIAN_TABLE_SHA256, RADEMACHER, z_value
+from seedswarm.protocol.distributions import GAUSSIAN, GAUSSIAN_TABLE_SHA256, RADEMACHER, lowrank_z_value, z_value
 from seedswarm.protocol.hashing import _CODEC_SALT, derive_seed, mix64, stream64, tensor_id, tensor_key
 from seedswarm.peer.core.trust import Votes as VoteBook
 from seedswarm.protocol import globs
@@ -311,6 +311,7 @@ def main() -> None:
         "messages": messages_v, "dht_entry": dht_v, "ed25519": ed25519_vector(a),
         "globs": globs_vector(), "step_redescend": redescend_vector(a, b, c), "tally": tally_vector(),
         "update_16bit": update_16bit_vector(), "step_rms": rms_vector(a, b, c), "spec_optional": optional_vector(),
+        "z_lowrank": lowrank_z_vector(), "update_lowrank": lowrank_update_vector(), "spec_lowrank": lowrank_spec_vector(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(vectors, indent=1, ensure_ascii=True) + "\n")
@@ -507,6 +508,65 @@ def update_vector() -> dict:
     out.update(result=[f_hex(x) for x in v], perturb={"key": f"{pkey:016x}", "scale": pscale},
                perturbed=[f_hex(x) for x in perturbed])
     return out
+
+
+# --- low-rank perturbations (SPEC 5.1) ----------------------------------------------------------
+LOWRANK_KEY = 0x0123456789ABCDEF
+LOWRANK_SHAPE = (3, 5)
+
+
+def lowrank_z_vector() -> dict:
+    """z of all 15 elements of a 3 x 5 tensor at every rank, from the element-by-element
+    definition; the engine's matrix product must give the same bits."""
+    from seedswarm.model.lowrank import z_matrix
+    out = {"key": f"{LOWRANK_KEY:016x}", "shape": list(LOWRANK_SHAPE), "ranks": {}}
+    for rank in (1, 4, 16, 64):
+        z = [lowrank_z_value(LOWRANK_KEY, LOWRANK_SHAPE, rank, i) for i in range(15)]
+        assert z_matrix(LOWRANK_KEY, LOWRANK_SHAPE, rank).flatten().tolist() == z
+        out["ranks"][str(rank)] = {"z": z, "z_hex": [f_hex(v) for v in z]}
+    return out
+
+
+def lowrank_update_vector() -> dict:
+    """Two terms on a 3 x 5 float32 tensor of a rank-4 swarm (SPEC 10.5 with 5.1's z), then a
+    perturbed copy; checked against the engine (model/lowrank.py)."""
+    from seedswarm.model.lowrank import apply as lowrank_apply
+    from seedswarm.model.perturb import Term
+    rank = 4
+    theta = np.array([0.5, -1.25, 3.0e-3, 7.0, -0.0, 1.0e-8, 2.5, -3.75, 1.0, 0.0, -2.0e-4, 12.0, 0.125, -0.5, 3.0],
+                     dtype=np.float32)
+    terms = [(0x0123456789ABCDEF, -1.5e-4, 0.9999), (0xFEDCBA9876543210, 2.0e-4, 1.0)]
+    v = theta.copy()
+    for key, coef, decay in terms:
+        z = np.array([lowrank_z_value(key, LOWRANK_SHAPE, rank, i) for i in range(15)], dtype=np.float32)
+        v = (v * np.float32(decay)).astype(np.float32)
+        v = (v + (np.float32(coef) * z).astype(np.float32)).astype(np.float32)
+    pkey, pscale = 0x1111222233334444, 1e-3
+    zp = np.array([lowrank_z_value(pkey, LOWRANK_SHAPE, rank, i) for i in range(15)], dtype=np.float32)
+    perturbed = (v + (np.float32(pscale) * zp).astype(np.float32)).astype(np.float32)
+    engine = torch.from_numpy(theta.copy()).view(LOWRANK_SHAPE)
+    copy = torch.empty(15)
+    lowrank_apply(engine, [Term(k, c, d) for k, c, d in terms], rank, perturb=(pkey, pscale), out=copy)
+    assert engine.flatten().numpy().tobytes() == v.tobytes() and copy.numpy().tobytes() == perturbed.tobytes()
+    return {"theta": [f_hex(x) for x in theta], "shape": list(LOWRANK_SHAPE), "rank": rank,
+            "terms": [{"key": f"{k:016x}", "coef": cf, "decay": d, "coef_hex": f_hex(cf), "decay_hex": f_hex(d)}
+                      for k, cf, d in terms],
+            "result": [f_hex(x) for x in v], "perturb": {"key": f"{pkey:016x}", "scale": pscale},
+            "perturbed": [f_hex(x) for x in perturbed]}
+
+
+def lowrank_spec_vector() -> dict:
+    """``perturbation_rank`` (optional, 4.1): 4 is carried in the canonical bytes, 0 leaves the id alone."""
+    minimal = {"name": "vectors-minimal", "model": {"id": "m"}, "task": {"kind": "label-prompts"}}
+    plain = SwarmSpec.from_dict(minimal)
+    assert SwarmSpec.from_dict(dict(minimal, perturbation_rank=0)).swarm_id == plain.swarm_id
+    spec = SwarmSpec.from_dict(dict(minimal, perturbation_rank=4))
+    return {"json": json.dumps(dict(minimal, perturbation_rank=4)), "canonical": spec.canonical_bytes().hex(),
+            "swarm_id": spec.swarm_id_hex, "json_zero": json.dumps(dict(minimal, perturbation_rank=0)),
+            "swarm_id_zero": plain.swarm_id_hex,
+            "rejected_json": [json.dumps(dict(minimal, perturbation_rank=r)) for r in (2, 8, -4, 256)]
+            + [json.dumps(dict(minimal, perturbation_rank=4, perturbation="gaussian")),
+               json.dumps(dict(minimal, perturbation_rank=4.0))]}
 
 
 if __name__ == "__main__":

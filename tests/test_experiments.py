@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts" / "experiments"))
+from runs import RULES  # noqa: E402
 
 
 @pytest.mark.slow
@@ -25,9 +27,9 @@ def test_run_all_writes_results_tables_and_plots(tmp_path, tiny_swarm):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     raw = json.loads((tmp_path / "results.json").read_text())
     assert set(raw["runs"]) == {"onebyte-p1", "zo-fp32", "justonebyte", "gaussian", "adamw",
-                                "onebyte-p2", "onebyte-p4", "onebyte-p8", "rule-vanilla-p1", "rule-rms-p1",
-                                "rule-vanilla-p4", "rule-rms-p4"}
-    assert {(r["rule"], r["peers"]) for r in raw["rules"]} == {("vanilla", 1), ("rms", 1), ("vanilla", 4), ("rms", 4)}
+                                "onebyte-p2", "onebyte-p4", "onebyte-p8"} | {f"rule-{rule}-p{p}" for rule in RULES for p in (1, 4)}
+    assert {(r["rule"], r["peers"]) for r in raw["rules"]} == {(rule, p) for rule in RULES for p in (1, 4)}
+    assert raw["runs"]["rule-lowrank-p4"]["config"]["rank"] > 0
     assert all(0 <= r["final_unseen"] <= 100 for r in raw["rules"]) and raw["runs"]["rule-rms-p4"]["config"]["normalize"] == "rms"
     one_byte = raw["runs"]["onebyte-p1"]
     assert len(one_byte["grads"]) == 2 and all(b > 0 for b in one_byte["record_bytes"])
@@ -46,6 +48,6 @@ def test_rules_only_writes_the_update_rule_comparison(tmp_path, tiny_swarm):
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = json.loads((tmp_path / "rules.json").read_text())
-    assert len(raw["rules"]) == 4 and all(r["steps"] == 2 for r in raw["rules"])
+    assert len(raw["rules"]) == 2 * len(RULES) and all(r["steps"] == 2 for r in raw["rules"])
     assert "## Results" in (tmp_path / "RULES.md").read_text() and not (tmp_path / "RESULTS.md").exists()
     assert (tmp_path / "rules_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"

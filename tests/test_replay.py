@@ -39,11 +39,14 @@ def train_swarm_in_process(spec, tokenizer, steps):
     dict(perturbation="gaussian", samples_per_step=2, trainable=("*bias", "*LayerNorm*"), weight_decay=0.1,
          aggregation=Aggregation(clip="none"),
          lr=LRSchedule(base=5e-3, kind="cosine", warmup_steps=5, total_steps=30, min_ratio=0.1)),
+    dict(perturbation_rank=4, aggregation=Aggregation(normalize="rms"), lr=LRSchedule(base=1e-3), steps=6),  # SPEC 5.1
 ])
 def test_three_machines_forty_steps_then_a_fresh_replica_replays_to_the_same_digest(tokenizer, tmp_path, variant):
+    variant = dict(variant)
+    steps = variant.pop("steps", 40)
     spec = make_spec(model=ModelRef("tiny-bert"), **{"weight_decay": 0.01, **variant})
     base_digest = Replica(tiny_bert(), spec).digest()
-    replicas, records = train_swarm_in_process(spec, tokenizer, steps=40)
+    replicas, records = train_swarm_in_process(spec, tokenizer, steps=steps)
     live = {r.digest() for r in replicas}
     assert len(live) == 1 and live != {base_digest}
 
@@ -53,7 +56,7 @@ def test_three_machines_forty_steps_then_a_fresh_replica_replays_to_the_same_dig
         random.Random(0).shuffle(shuffled)
         lf.add(shuffled)
     file_spec, file_records, torn = decode_ledger((tmp_path / "ledger.ssl").read_bytes())
-    assert file_spec == spec and torn == 0 and len(file_records) == 120
+    assert file_spec == spec and torn == 0 and len(file_records) == 3 * steps
     fresh = replay(tiny_bert(), file_spec, file_records)
     assert Replica(fresh, spec).digest() == live.pop()
 

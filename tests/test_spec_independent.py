@@ -371,6 +371,8 @@ def valid_spec(draw):
         ("task", "options"): st.dictionaries(st.text(max_size=3), json_like, max_size=3),
         ("trainable",): pattern_lists.filter(bool), ("frozen",): pattern_lists, ("no_decay",): pattern_lists,
         ("perturbation",): st.sampled_from(["rademacher", "gaussian"]),
+        ("perturbation_rank",): st.sampled_from([0, 1, 4, 16, 64, 2, 8, 256]),
+        ("aggregation", "normalize"): st.sampled_from(["none", "rms"]),
         ("eps",): st.one_of(st.floats(1e-9, 1e3), st.integers(1, 9)),
         ("weight_decay",): st.one_of(st.floats(0, 1.0), st.integers(0, 2)),
         ("lr", "base"): st.one_of(st.floats(0, 1e6), st.integers(0, 10)), ("lr", "min_ratio"): st.floats(0, 1),
@@ -409,7 +411,8 @@ def spec_objects(draw):
                                      ("lr", "warmup_steps"), ("lr", "min_ratio"), ("codec", "clip"), ("codec", "name"),
                                      ("aggregation", "clip_factor"), ("admission", "pow_bits"),
                                      ("admission", "authority"), ("samples_per_step",), ("batch_size",), ("delay",),
-                                     ("late_window",), ("future_window",), ("protocol_version",), ("perturbation",)]))
+                                     ("late_window",), ("future_window",), ("protocol_version",), ("perturbation",),
+                                     ("perturbation_rank",)]))
         target = d
         for key in path[:-1]:
             target = target.setdefault(key, {}) if isinstance(target, dict) else {}
@@ -744,6 +747,47 @@ def test_optional_spec_field_vector():
     _, data, sid = ssv2.spec_from_json(o["json_rms"])
     assert sid.hex() == o["swarm_id_rms"] and data.hex() == o["canonical_rms"]
     assert ssv2.spec_from_canonical(data)[1] == sid
+
+
+def test_lowrank_vectors():
+    """5.1: low-rank z at every rank, two update terms and a perturbed copy, the optional field."""
+    zv = V["z_lowrank"]
+    shape = tuple(zv["shape"])
+    for rank, want in zv["ranks"].items():
+        ours = [ssv2.z_lowrank(h(zv["key"]), shape, int(rank), i) for i in range(shape[0] * shape[1])]
+        assert [ssv2.f32_hex(x) for x in ours] == want["z_hex"]
+    u = V["update_lowrank"]
+    theta = [struct.unpack("<f", bytes.fromhex(x))[0] for x in u["theta"]]
+    terms = [(h(t["key"]), t["coef"], t["decay"]) for t in u["terms"]]
+    out = ssv2.update_lowrank(theta, tuple(u["shape"]), u["rank"], terms)
+    assert [ssv2.f32_hex(x) for x in out] == u["result"]
+    p = u["perturb"]
+    perturbed = ssv2.update_lowrank(out, tuple(u["shape"]), u["rank"], [(h(p["key"]), p["scale"], 1.0)])
+    assert [ssv2.f32_hex(x) for x in perturbed] == u["perturbed"]
+    sv = V["spec_lowrank"]
+    _, data, sid = ssv2.spec_from_json(sv["json"])
+    assert data.hex() == sv["canonical"] and sid.hex() == sv["swarm_id"]
+    assert ssv2.spec_from_json(sv["json_zero"])[2].hex() == sv["swarm_id_zero"]
+    for text in sv["rejected_json"]:
+        with pytest.raises(ssv2.Invalid):
+            ssv2.spec_from_json(text)
+
+
+@FAST
+@given(st.integers(1, 9), st.integers(1, 9), st.sampled_from([1, 4, 16, 64]),
+       st.lists(st.tuples(u64, f32s, st.floats(0.5, 1.0, width=32)), min_size=1, max_size=3), st.data())
+def test_lowrank_update_matches_reference(m, n, rank, terms, data):
+    """The engine's matrix-product path (model/lowrank.py) against 5.1 element by element."""
+    import torch
+
+    from seedswarm.model.lowrank import apply as lowrank_apply
+    from seedswarm.model.perturb import Term
+
+    values = data.draw(st.lists(f32s, min_size=m * n, max_size=m * n))
+    weight = torch.tensor(values, dtype=torch.float32).view(m, n)
+    lowrank_apply(weight, [Term(k, c, d) for k, c, d in terms], rank)
+    ours = ssv2.update_lowrank(values, (m, n), rank, terms)
+    assert [ssv2.f32_hex(x) for x in ours] == [ssv2.f32_hex(x) for x in weight.flatten().tolist()]
 
 
 def test_tally_vector():

@@ -308,3 +308,30 @@ def test_update_16bit_vector(impl, dtype):
     run = apply_reference if impl == "reference" else apply
     run(theta, [Term(h(t["key"]), t["coef"], t["decay"]) for t in u["terms"]], u["dist"], offset=u["offset"])
     assert theta.view(torch.int16).numpy().astype("<i2").tobytes().hex() == u["result"]
+
+
+def test_lowrank_vectors():
+    """SPEC 5.1: z by definition and by the engine's matrix product, an update, the spec field."""
+    from seedswarm.model.lowrank import apply as lowrank_apply, z_matrix
+    from seedswarm.protocol.distributions import lowrank_z_value
+
+    zv = V["z_lowrank"]
+    shape = tuple(zv["shape"])
+    for rank, want in zv["ranks"].items():
+        assert [f32_hex(lowrank_z_value(h(zv["key"]), shape, int(rank), i)) for i in range(15)] == want["z_hex"]
+        assert [f32_hex(x) for x in z_matrix(h(zv["key"]), shape, int(rank)).flatten().tolist()] == want["z_hex"]
+    u = V["update_lowrank"]
+    theta = torch.tensor([struct.unpack("<f", bytes.fromhex(x))[0] for x in u["theta"]]).view(*u["shape"])
+    out = torch.empty(theta.numel())
+    terms = [Term(h(t["key"]), t["coef"], t["decay"]) for t in u["terms"]]
+    lowrank_apply(theta, terms, u["rank"], perturb=(h(u["perturb"]["key"]), u["perturb"]["scale"]), out=out)
+    assert [f32_hex(x) for x in theta.flatten().tolist()] == u["result"]
+    assert [f32_hex(x) for x in out.tolist()] == u["perturbed"]
+    s = V["spec_lowrank"]
+    spec = SwarmSpec.from_json(s["json"])
+    assert spec.perturbation_rank == 4 and spec.canonical_bytes().hex() == s["canonical"] and spec.swarm_id_hex == s["swarm_id"]
+    assert SwarmSpec.from_canonical(bytes.fromhex(s["canonical"])).swarm_id_hex == s["swarm_id"]
+    assert SwarmSpec.from_json(s["json_zero"]).swarm_id_hex == s["swarm_id_zero"]
+    for text in s["rejected_json"]:
+        with pytest.raises(ProtocolError):
+            SwarmSpec.from_json(text)

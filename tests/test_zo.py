@@ -69,6 +69,34 @@ def test_projected_gradient_is_the_directional_derivative_on_transformers(tokeni
         assert zo._whole_forward == set(), label  # every tensor was reached through its own module
 
 
+def test_lowrank_projected_gradient_is_the_directional_derivative(tokenizer):
+    """spec.perturbation_rank (SPEC 5.1): 2-D tensors (embeddings row-sparsely, and in a paired
+    forward) move along U V^T / sqrt(r), the others elementwise; queued updates reach the forward."""
+    from seedswarm.model.lowrank import z_matrix
+
+    model = tiny_bert().double()
+    task = build_task(PRESETS["sentiment"], tokenizer)
+    batch = task.collate(TEXTS)
+    loss_fn = lambda: task.loss(model, batch)  # noqa: E731
+    zo = ZerothOrder(model, RADEMACHER, rank=4)
+    assert {t.rank for t in zo.tensors} == {0, 4}
+    zo.queue_update(99, 1e-3)  # pending through the perturbed paths, then compared with a flushed copy
+    twin = tiny_bert().double()
+    twin_zo = ZerothOrder(twin, RADEMACHER, rank=4)
+    twin_zo.queue_update(99, 1e-3)
+    twin_zo.flush()
+    grad = autograd_gradient(twin, twin_zo, lambda: task.loss(twin, batch))
+    for seed in (1,):
+        z = torch.cat([(z_matrix(tensor_key(seed, t.name_id), tuple(t.param.shape), t.rank).flatten() if t.rank
+                        else z_reference(RADEMACHER, tensor_key(seed, t.name_id), 0, t.param.numel())) for t in zo.tensors])
+        exact = torch.dot(grad, z.double()).item()
+        for paired in (None, task.paired(model, batch)):
+            g, _, _ = zo.projected_gradient(loss_fn, seed, 1e-5, paired)
+            assert abs(g - exact) <= 1e-4 * max(1.0, abs(exact)), (seed, paired is not None, g, exact)
+    zo.flush()
+    assert weight_digest(model) == weight_digest(twin)
+
+
 def test_weights_are_restored_bit_for_bit(tokenizer):
     model = tiny_bert()
     task = build_task(PRESETS["sentiment"], tokenizer)

@@ -94,10 +94,11 @@ def plot_rules(runs: dict[str, RunResult], rows: Sequence[dict], zero_shot: floa
 def rules_section(rows: Sequence[dict], zs_full: float, zs_unseen: float, heading: str = "## 6. Update rules") -> list[str]:
     """The update-rule comparison: table and plots (written by ``plot_rules``)."""
     table = _table(
-        ["rule", "peers", "lr", "steps", "subset acc at end (%)", "in-distribution held-out (%)", "out-of-template (%)",
-         "steps to vanilla's final", "bytes to vanilla's final", "time (s)"],
-        [["zero-shot", "-", "-", 0, "-", f"{zs_full:.2f}", f"{zs_unseen:.2f}", "-", "-", "-"]]
-        + [[r["rule"], r["peers"], f"{r['lr']:g}", r["steps"], f"{r['final_subset']:.2f}",
+        ["rule", "peers", "settings", "steps", "gradients", "subset acc at end (%)", "in-distribution held-out (%)",
+         "out-of-template (%)", "steps to vanilla's final", "bytes to vanilla's final", "time (s)"],
+        [["zero-shot", "-", "-", 0, 0, "-", f"{zs_full:.2f}", f"{zs_unseen:.2f}", "-", "-", "-"]]
+        + [[r["rule"], r["peers"], r.get("settings", f"lr {r['lr']:g}"), r["steps"], r.get("gradients", r["steps"] * r["peers"]),
+            f"{r['final_subset']:.2f}",
             f"{r['final_full']:.2f} ({r['final_full'] - zs_full:+.2f})", f"{r['final_unseen']:.2f} ({r['final_unseen'] - zs_unseen:+.2f})",
             r["steps_to_target"] if r["steps_to_target"] is not None else f"not in {r['steps']}",
             _fmt_bytes(r["bytes_to_target"]) if r["bytes_to_target"] is not None else "-", f"{r['seconds']:.0f}"]
@@ -109,7 +110,13 @@ def rules_section(rows: Sequence[dict], zs_full: float, zs_unseen: float, headin
         "section 10.3), so replicas and replays stay bit-identical. `vanilla`: the default step rule (redescending "
         "clip at 2x the step's median |g|, coef = -lr g). `rms` (FZOO-style, `aggregation.normalize = \"rms\"`): the "
         "same clip, then every gradient of the step divided by the root mean square of the step's gradients, so the "
-        "lr is a step length (with 1 peer and 1 sample a step is +-lr along z: sign-SGD).",
+        "lr is a step length (with 1 peer and 1 sample a step is +-lr along z: sign-SGD). `lowrank` "
+        "(`perturbation_rank`, SPEC.md section 5.1, LOZO-style): every weight matrix is perturbed and updated along "
+        "a rank-r sign matrix U V^T / sqrt(r) (exact on every device) instead of independent signs. `bitfit`: the "
+        "vanilla rule with only the LayerNorm gains and biases trainable (`trainable` = `*LayerNorm*`, `*bias`: "
+        "31,104 of 22.7M parameters), the demo's default recipe. `bitfit-2probes`: the same with two probes "
+        "per record (`samples_per_step` 2, two bytes) on one batch of 16 instead of one probe on 32, so the same "
+        "examples and forward work per step, at half the lr. Each rule at the lr its sweep picked (`runs.RULES`).",
         "",
         "Same data, seeds and batches for every rule; P peers x the steps shown (P one-byte records of 115 B per step). "
         "Target: the vanilla run's final subset accuracy with the same peers (mean of its last 3 evaluations); steps to "

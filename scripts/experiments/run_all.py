@@ -55,12 +55,18 @@ def plan(steps: int, eval_every: int) -> list[RunConfig]:
     ]
 
 
+def rule_label(settings: dict) -> str:
+    """A rule's settings in words (markdown, no ``|``): ``normalize rms, rank 4, lr 0.001``."""
+    return ", ".join(f"{k} {' '.join(f'`{p}`' for p in v) if isinstance(v, tuple) else format(v, 'g') if isinstance(v, float) else v}"
+                     for k, v in settings.items())
+
+
 def rules_plan(steps: int, eval_every: int) -> list[RunConfig]:
     """The update-rule comparison: every rule of ``RULES`` with 1 and 4 peers, ``steps`` steps
-    each (P gradients per step), same data, seeds and batches; evaluated every ``eval_every``."""
-    return [RunConfig(f"rule-{name}-p{p}", f"{name} (normalize {norm}, lr {lr:g}), {p} peer{'s' * (p > 1)}", peers=p,
-                      steps=steps, eval_every=eval_every, lr=lr, normalize=norm)
-            for p in RULE_PEERS for name, (norm, lr) in RULES.items()]
+    each (P records per step), same data, seeds and batches; evaluated every ``eval_every``."""
+    return [RunConfig(f"rule-{name}-p{p}", f"{name} ({rule_label(kw)}), {p} peer{'s' * (p > 1)}", peers=p,
+                      steps=steps, eval_every=eval_every, **kw)
+            for p in RULE_PEERS for name, kw in RULES.items()]
 
 
 def final_accuracy(result: RunResult) -> float:
@@ -79,7 +85,9 @@ def rules_rows(runs: dict[str, RunResult]) -> list[dict]:
             reached = steps_to_target(r, target)
             sent = next((e.sent_bytes for e in r.evals if e.step == reached), None)
             rows.append({"rule": name, "peers": p, "steps": r.config.steps, "lr": r.config.lr,
-                         "normalize": r.config.normalize, "target": target, "steps_to_target": reached,
+                         "normalize": r.config.normalize, "rank": r.config.rank, "samples": r.config.samples,
+                         "settings": rule_label(RULES[name]), "gradients": r.config.steps * p * r.config.samples,
+                         "target": target, "steps_to_target": reached,
                          "bytes_to_target": sent, "final_subset": final_accuracy(r), "final_full": r.final_full,
                          "final_unseen": r.final_unseen, "seconds": r.seconds, "eval_every": r.config.eval_every})
     return rows

@@ -1,8 +1,11 @@
-"""A small lr sweep for the update rules: how runs.RULES' learning rates were picked.
+"""A small sweep over run settings: how runs.RULES' learning rates and the demo's recipe were picked.
 
-    python scripts/experiments/sweep.py [--peers 4] [--steps 30] none:1e-4 none:2e-4 rms:1e-3 ...
+    python scripts/experiments/sweep.py [--peers 4] [--steps 30] [--threads 1] RUN [RUN ...]
 
-Each argument is ``normalize:lr``; every run goes through ``runs.train_run`` on the same data,
+Each RUN is ``key=value`` pairs joined by commas, keys of ``runs.RunConfig``: ``lr``, ``eps``,
+``normalize``, ``rank``, ``samples``, ``batch`` and ``trainable`` / ``frozen``
+(name patterns joined by ``|``), e.g. ``normalize=rms,lr=1e-3`` or
+``lr=2e-4,frozen=*embeddings*``. Every run goes through ``runs.train_run`` on the same data,
 seeds and batches as run_all.py (a 256-example held-out subset every 10 steps). Prints one
 line per run: subset accuracy per evaluation, full in-distribution and out-of-template accuracy.
 """
@@ -10,26 +13,45 @@ line per run: subset accuracy per evaluation, full in-distribution and out-of-te
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+import torch
 
 from runs import RunConfig, Setting, train_run
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+
+
+def parse_run(text: str, **base) -> RunConfig:
+    """``key=value,...`` -> a RunConfig (named by the text itself)."""
+    kwargs = dict(base)
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in _TYPES or key in ("name", "label"):
+            raise SystemExit(f"unknown run setting {key!r} in {text!r}")
+        kind = _TYPES[key]
+        kwargs[key] = (tuple(value.split("|")) if "tuple" in str(kind) else int(value) if kind in (int, "int")
+                       else float(value) if kind in (float, "float") else value)
+    return RunConfig(text, text, **kwargs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="normalize:lr, e.g. rms:1e-3")
+    parser.add_argument("runs", nargs="+", help="key=value,... e.g. normalize=rms,lr=1e-3")
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine)")
     args = parser.parse_args()
     setting = Setting(256)
+    torch.set_num_threads(args.threads)
     zero_shot = setting.accuracy(setting.fresh_model())
     print(f"zero-shot subset {zero_shot:.2f}%", flush=True)
-    for spec in args.runs:
-        normalize, lr = spec.split(":")
-        cfg = RunConfig(spec, spec, lr=float(lr), normalize=normalize, peers=args.peers, steps=args.steps, eval_every=10)
+    for text in args.runs:
+        cfg = parse_run(text, peers=args.peers, steps=args.steps, eval_every=10)
         r = train_run(cfg, setting, zero_shot, log=lambda _: None)
         curve = " ".join(f"{e.step}:{e.accuracy:.1f}" for e in r.evals)
-        print(f"{spec:>12}  {args.peers} peers  subset {curve}  full {r.final_full:.2f}  out-of-template "
-              f"{r.final_unseen:.2f}{'  DIVERGED' if r.diverged else ''}", flush=True)
+        print(f"{text}  {args.peers} peers  subset {curve}  full {r.final_full:.2f}  out-of-template "
+              f"{r.final_unseen:.2f}  {r.seconds:.0f}s{'  DIVERGED' if r.diverged else ''}", flush=True)
 
 
 if __name__ == "__main__":

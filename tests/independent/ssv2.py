@@ -287,7 +287,8 @@ NESTED = {
 }
 TOP = {
     "name": (_STR, REQ), "model": ("nested", REQ), "task": ("nested", REQ), "trainable": (_LIST, ["*"]),
-    "frozen": (_LIST, []), "perturbation": (_STR, "rademacher"), "eps": (_FLOAT, 0.001), "lr": ("nested", None),
+    "frozen": (_LIST, []), "perturbation": (_STR, "rademacher"), "perturbation_rank": (_INT, 0),
+    "eps": (_FLOAT, 0.001), "lr": ("nested", None),
     "weight_decay": (_FLOAT, 0.0), "no_decay": (_LIST, ["*bias", "*LayerNorm*", "*layer_norm*", "*norm.weight"]),
     "codec": ("nested", None), "aggregation": ("nested", None), "admission": ("nested", None),
     "samples_per_step": (_INT, 1), "batch_size": (_INT, 32), "digest_every": (_INT, 10), "delay": (_INT, 1),
@@ -368,6 +369,8 @@ def validate(s: dict) -> None:
         co["name"] == "int8-sr-pow2", _is_float(co["clip"], 1e-30, 1e30),
         ag["clip"] in ("none", "median", "redescend"), _is_float(ag["clip_factor"], 0.0, 1e6, positive=True),
         ag["normalize"] in ("none", "rms"),
+        _is_int(s["perturbation_rank"], 0, 64) and s["perturbation_rank"] in (0, 1, 4, 16, 64),
+        s["perturbation_rank"] == 0 or s["perturbation"] == "rademacher",
         ad["mode"] in ("open", "members"), _is_int(ad["pow_bits"], 0, 32), type(ad["authority"]) is str,
         _is_int(s["samples_per_step"], 1, 1024), _is_int(s["batch_size"], 1, 1 << 20),
         _is_int(s["digest_every"], 1, 1 << 20), _is_int(s["delay"], 0, 8), _is_int(s["late_window"], 0, 64),
@@ -386,15 +389,17 @@ def validate(s: dict) -> None:
 
 
 #: 4.1's optional fields: in the canonical map only when not at their default.
-OPTIONAL = {("aggregation", "normalize"): "none"}
+OPTIONAL = {("aggregation", "normalize"): "none", ("perturbation_rank",): 0}
 
 
 def canonical_map(spec: dict) -> dict:
     """The filled spec without its optional fields that are at their default."""
-    spec = {**spec, **{level: dict(spec[level]) for level, _ in OPTIONAL}}
-    for (level, key), default in OPTIONAL.items():
-        if type(spec[level][key]) is type(default) and spec[level][key] == default:
-            del spec[level][key]
+    spec = {**spec, **{path[0]: dict(spec[path[0]]) for path in OPTIONAL if len(path) == 2}}
+    for path, default in OPTIONAL.items():
+        level = spec[path[0]] if len(path) == 2 else spec
+        key = path[-1]
+        if type(level[key]) is type(default) and level[key] == default:
+            del level[key]
     return spec
 
 
@@ -462,6 +467,29 @@ def z(dist: str, key: int, i: int, table: Table | None = None) -> float:
         return -1.0 if (stream64(key, i >> 6) >> (i & 63)) & 1 else 1.0
     lane = (stream64(key, i >> 2) >> (16 * (i & 3) + 4)) & 0xFFF
     return table.values[lane]
+
+
+def z_lowrank(key: int, shape: tuple[int, int], rank: int, i: int) -> float:
+    """5.1: element i of an m x n tensor, z = sum_c U[a, c] V[b, c] * 2^(-log4 rank)."""
+    m, n = shape
+    a, b = i // n, i % n
+    total = 0
+    for c in range(rank):
+        total += int(z("rademacher", key, a * rank + c)) * int(z("rademacher", key, (m + b) * rank + c))
+    log4 = {1: 0, 4: 1, 16: 2, 64: 3}[rank]
+    return math.ldexp(float(total), -log4)
+
+
+def update_lowrank(values: list[float], shape: tuple[int, int], rank: int,
+                   terms: list[tuple[int, float, float]]) -> list[float]:
+    """10.5 with 5.1's z, float32 values of a whole m x n tensor in row-major order."""
+    out = []
+    for i, v in enumerate(values):
+        for key, coef, decay in terms:
+            v = f32(v * f32(decay))
+            v = f32(v + f32(f32(coef) * z_lowrank(key, shape, rank, i)))
+        out.append(v)
+    return out
 
 
 # --- 6. codec -----------------------------------------------------------------------------------
