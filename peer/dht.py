@@ -188,11 +188,14 @@ class SwarmDHT:
         p2p_options = dict(use_relay=True)
         if relays:
             client_mode = True
-            # auto_nat off: in p2pd it also turns on DCUtR hole punching, whose direct connections
-            # through two masquerading routers stalled mid-stream in our namespace tests (and
-            # made replicas diverge); relayed links were reliable. See docs/NETWORK.md.
+            # auto_nat on: in p2pd (-autonat) it also turns on DCUtR hole punching. A peer that
+            # receives a relayed connection then punches a direct TCP connection through both
+            # NATs, and new streams (links) take it. It starts only once four peers on distinct
+            # public IPs have seen this peer at the same address (go-libp2p's identify
+            # ActivationThresh); before that, and where the NAT maps ports per destination,
+            # everything stays relayed as before. See docs/NETWORK.md.
             p2p_options.update(use_auto_relay=True, trusted_relays=list(relays), force_reachability="private",
-                               auto_nat=False)
+                               auto_nat=True)
         dht = ReapedDHT(initial_peers=list(initial_peers), host_maddrs=list(host_maddrs) or None,
                         announce_maddrs=list(announce_maddrs) or None, identity_path=identity_path,
                         record_validators=validators(signer), start=True, await_ready=True, client_mode=client_mode,

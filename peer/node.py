@@ -169,7 +169,8 @@ class Node:
         self.core = SwarmCore(self.spec, self.signer, core_cfg, ticket=self.ticket, sealed=opened.sealed,
                               ledger=self.history.ledger, digests=opened.digests)
         self.core.floor = self.history.base_step
-        self.links = Links(self.p2p, self.swarm, self.machine, self._post, addresses=self._dial_addrs)
+        self.links = Links(self.p2p, self.swarm, self.machine, self._post, addresses=self._dial_addrs,
+                           on_path=lambda peer, via: self._event("link", peer=str(PeerID(peer)), via=via))
         await self.links.start()
         await self.p2p.add_binary_stream_handler(checkpoint_protocol(self.swarm), self._serve_checkpoint)
         await self.dht.publish_spec(self.spec)
@@ -402,6 +403,8 @@ class Node:
     async def _checkpoint_part(self, peer: bytes, step: int, dest: Path, resume: dict | None) -> None:
         with contextlib.suppress(Exception):  # behind NAT it is reachable only at what it published
             await self.links.connect_published(peer)
+        with contextlib.suppress(Exception):  # a checkpoint through a relay is cut every circuit limit
+            await self.links.await_direct(peer)
         _, reader, writer = await asyncio.wait_for(
             self.p2p.call_binary_stream_handler(PeerID(peer), checkpoint_protocol(self.swarm)), 30)
         try:

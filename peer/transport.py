@@ -11,6 +11,10 @@ peer id of the stream, which is the only thing ``Received.peer`` ever says.
   decode becomes a ``Malformed`` event (the core counts it against the neighbour).
 - Each link has a bounded outbox drained by its own writer task: a neighbour that does not
   read is dropped, never waited for by the event loop.
+- Behind NAT a link may start on a relayed connection (circuit relay v2). p2pd's DCUtR then
+  tries to punch a direct one; a dial that finds only a relayed connection waits up to
+  ``PUNCH_WAIT`` for it, so that the long-lived link stream opens on the direct connection
+  (a stream stays on the connection it was opened on). ``paths`` says which each link took.
 
 Checkpoints travel on their own streams (``seedswarm/2/checkpoint/<swarm hex>``, see
 peer/checkpoint.py): one request, the file in chunks.
@@ -36,6 +40,7 @@ logger = logging.getLogger("seedswarm.transport")
 OUTBOX_FRAMES = 4096
 DIAL_TIMEOUT = 15.0
 MAX_DIAL_ADDRS = 8
+PUNCH_WAIT = 3.0   # seconds a dial waits for hole punching to add a direct connection to a relayed one
 
 
 def _dial_error(exc: BaseException) -> str:
@@ -44,6 +49,11 @@ def _dial_error(exc: BaseException) -> str:
         return f"no answer in {DIAL_TIMEOUT:g} s"
     text = str(exc).replace("\n", " ")
     return text[:160] or type(exc).__name__
+
+
+def path_of(addr: object) -> str:
+    """"relay" for a stream or connection through a circuit relay, else "direct"."""
+    return "relay" if "p2p-circuit" in str(addr) else "direct"
 
 
 def link_protocol(swarm: bytes) -> str:
@@ -75,9 +85,13 @@ class Links:
     """The node's links. ``emit(event)`` receives LinkUp / LinkDown / Received / Malformed."""
 
     def __init__(self, p2p: P2P, swarm: bytes, me: bytes, emit: Callable[[object], None],
-                 addresses: Callable[[bytes], list[str]] | None = None) -> None:
+                 addresses: Callable[[bytes], list[str]] | None = None,
+                 on_path: Callable[[bytes, str], None] | None = None) -> None:
         self.p2p, self.swarm, self.me, self.emit = p2p, swarm, me, emit
         self.addresses = addresses  # a peer's published dial addresses (its member entry), if known
+        self.on_path = on_path      # told "relay" or "direct" for each new link
+        self.paths: dict[bytes, str] = {}  # how each live link travels
+        self._unpunched: set[bytes] = set()  # peers a wait for hole punching did not get a direct connection to
         self.failures: dict[bytes, str] = {}  # the last dial error of each peer we could not link to
         self.name = link_protocol(swarm)
         self._links: dict[bytes, _Link] = {}
@@ -149,12 +163,35 @@ class Links:
         if addrs:
             await asyncio.wait_for(self.p2p._client.connect(PeerID(peer), addrs), DIAL_TIMEOUT)
 
+    async def connection_paths(self, peer: bytes) -> set[str]:
+        """How p2pd is connected to ``peer`` now: a subset of {"relay", "direct"}."""
+        target = PeerID(peer)
+        return {path_of(addr) for info in await self.p2p.list_peers() if info.peer_id == target for addr in info.addrs}
+
+    async def await_direct(self, peer: bytes, wait: float = PUNCH_WAIT) -> None:
+        """While we hold only a relayed connection to ``peer``, give hole punching up to ``wait``
+        seconds to add a direct one (p2pd starts DCUtR when the relayed connection is made).
+        Once a wait for a peer ended without one, later dials to it do not wait: where punching
+        cannot work (too few observers, a NAT that resets), re-dials stay as quick as before."""
+        if peer in self._unpunched:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (paths := await self.connection_paths(peer)) == {"relay"} and loop.time() < deadline:
+            await asyncio.sleep(0.25)
+        if paths == {"relay"}:
+            self._unpunched.add(peer)
+
     async def _dial(self, peer: bytes) -> None:
         try:
             with contextlib.suppress(Exception):  # a failed connect still leaves p2pd's own addresses to try
                 await self.connect_published(peer)
-            _, reader, writer = await asyncio.wait_for(self.p2p.call_binary_stream_handler(PeerID(peer), self.name),
-                                                       DIAL_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await self.await_direct(peer)
+            if peer in self._links:  # its own dial reached us meanwhile: one stream is enough
+                return
+            info, reader, writer = await asyncio.wait_for(
+                self.p2p.call_binary_stream_handler(PeerID(peer), self.name), DIAL_TIMEOUT)
         except Exception as exc:
             logger.debug("could not link to %s: %r", PeerID(peer), exc)
             self.failures[peer] = _dial_error(exc)
@@ -162,16 +199,16 @@ class Links:
         finally:
             self._dialing.discard(peer)
         self.failures.pop(peer, None)
-        link = self._register(peer, True, reader, writer)
+        link = self._register(peer, True, reader, writer, path_of(info.addr))
         if link is not None:
             await link.done.wait()
 
     async def _inbound(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = self._register(info.peer_id.to_bytes(), False, reader, writer)
+        link = self._register(info.peer_id.to_bytes(), False, reader, writer, path_of(info.addr))
         if link is not None:
             await link.done.wait()  # the stream lives as long as this handler runs
 
-    def _register(self, peer: bytes, dialed_by_me: bool, reader, writer) -> _Link | None:
+    def _register(self, peer: bytes, dialed_by_me: bool, reader, writer, path: str = "direct") -> _Link | None:
         if self._closing or peer == self.me:
             writer.close()
             return None
@@ -184,6 +221,9 @@ class Links:
             self._close(existing, announce=False, replaced=True)
         link = _Link(peer, dialed_by_me, reader, writer)
         self._links[peer] = link
+        self.paths[peer] = path
+        if self.on_path is not None:
+            self.on_path(peer, path)
         link.tasks = [self._spawn(self._read_loop(link)), self._spawn(self._write_loop(link))]
         if existing is None:
             self.emit(LinkUp(peer))
@@ -237,5 +277,6 @@ class Links:
         link.done.set()
         if self._links.get(link.peer) is link:
             del self._links[link.peer]
+            self.paths.pop(link.peer, None)
             if not replaced and not self._closing:
                 self.emit(LinkDown(link.peer))

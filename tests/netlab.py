@@ -9,8 +9,18 @@ The "internet" is a bridge in its own namespace on 198.51.100.0/24 (a documentat
 peer/reach.py counts it as public). Public host ``pubK`` is 198.51.100.K. Home ``homeK`` is
 192.168.1.2 behind router 198.51.100.(10+K), which masquerades (nftables) what the home dials
 out and drops every connection from outside that the home did not open: the home can dial
-the public hosts, nobody can dial the home. Every home has the same private address, as
-real homes do. The kernel here has no netem: latency and loss stay in the simulator.
+the public hosts, nobody can dial the home. Like a home router, the router answers nothing
+that comes in unasked (it drops it, rather than answering a TCP SYN with a reset: a reset, and
+the conntrack entry it leaves, would break the simultaneous open of a TCP hole punch). Every
+home has the same private address, as real homes do. The kernel here has no netem: latency
+and loss stay in the simulator.
+
+``internet``: the first three octets of the internet's /24. The default, a documentation
+range, is public to seedswarm but *unroutable* to libp2p (go-multiaddr's ``IsPublicAddr``), so
+p2pd never sees a public address there: no DCUtR hole punching (its service waits for one
+forever), and a public node's AutoNAT never confirms it is public, so its relay runs with
+go-libp2p's default limits (128 KiB / 2 min per circuit). Give a public range (the namespaces
+reach nothing outside) to exercise those as on the internet.
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ table ip filter {
     ct state established,related accept;
     iifname "lan" oifname "wan" accept;
   }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iifname "wan" ct state new,invalid drop;
+  }
 }
 """
 
@@ -50,17 +64,18 @@ def _sh(*cmd: str, input: str | None = None) -> None:
 @dataclass
 class NatLab:
     tag: str
+    internet: str = INTERNET
     namespaces: list[str] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, publics: int, homes: int) -> "NatLab":
+    def create(cls, publics: int, homes: int, internet: str = INTERNET) -> "NatLab":
         if os.geteuid() != 0:
             raise LabUnavailable("network namespaces need root")
         for tool in ("ip", "nft"):
             if shutil.which(tool) is None:
                 raise LabUnavailable(f"`{tool}` is not installed (apt-get install iproute2 nftables)")
-        lab = cls(tag="ss" + uuid.uuid4().hex[:6])
+        lab = cls(tag="ss" + uuid.uuid4().hex[:6], internet=internet)
         try:
             lab._build(publics, homes)
         except BaseException:
@@ -102,9 +117,9 @@ class NatLab:
             return name
 
         for k in range(1, publics + 1):
-            wire(f"pub{k}", f"{INTERNET}.{k}")
+            wire(f"pub{k}", f"{self.internet}.{k}")
         for k in range(1, homes + 1):
-            router = wire(f"router{k}", f"{INTERNET}.{10 + k}")
+            router = wire(f"router{k}", f"{self.internet}.{10 + k}")
             home = self._add_ns(f"home{k}")
             _sh("ip", "link", "add", "name", "lan", "netns", router, "type", "veth", "peer", "name", "eth0", "netns", home)
             _sh("ip", "-n", router, "addr", "add", "192.168.1.1/24", "dev", "lan")
