@@ -354,16 +354,23 @@ def plot_curves(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _steady_wire(peers: list, samples_per_step: int) -> float | None:
+def _steady_wire(peers: list, samples_per_step: int, steps: tuple[int, int] | None = None) -> float | None:
     """Wire bytes per gradient once the swarm runs: each peer's bytes sent per step over the
     middle half of its steps (start-up, joining and the finish excluded: the counter is read
-    after each step), summed over peers, per gradient."""
+    after each step), or over ``steps`` (first, last) when given, summed over peers, per
+    gradient."""
     rates = []
     for p in peers:
         marks = [(e["step"], e["wire_sent"]) for e in p.events() if e.get("event") == "step" and e.get("wire_sent")]
-        if len(marks) < 8:
+        if steps is not None:
+            marks = [m for m in marks if steps[0] <= m[0] <= steps[1]]
+            if len(marks) < 2:
+                return None
+            (s0, w0), (s1, w1) = marks[0], marks[-1]
+        elif len(marks) < 8:
             return None
-        (s0, w0), (s1, w1) = marks[len(marks) // 4], marks[3 * len(marks) // 4]
+        else:
+            (s0, w0), (s1, w1) = marks[len(marks) // 4], marks[3 * len(marks) // 4]
         if s1 <= s0:
             return None
         rates.append((w1 - w0) / (s1 - s0))

@@ -36,6 +36,7 @@ from ..protocol.identity import Signer
 from ..protocol.ledger import DiskWriteError, LedgerFile, write_atomically
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
+from .core import checkpoints_to_keep
 from .checkpoint import CheckpointError, checkpoint_meta, list_checkpoints, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("seedswarm.history")
@@ -78,7 +79,7 @@ class History:
         self.model = model
         self.replica = Replica(model, spec, loss_fn, paired_fn)
         self.checkpoint_every = checkpoint_every
-        self.keep = keep
+        self.keep = checkpoints_to_keep(spec.late_window, checkpoint_every, keep)  # a voted one among them
         self.final_step = final_step
         self.sealed = 0
         self.base_step = 0           # the oldest step we can rebuild from (a checkpoint joiner's start)

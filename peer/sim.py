@@ -36,7 +36,7 @@ from ..protocol.ledger import Ledger
 from ..protocol.messages import Gossip, Message, RangeReply, Status, Vote, Votes, encoded_size
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
-from .core import CoreConfig, SwarmCore
+from .core import CoreConfig, SwarmCore, checkpoints_to_keep
 from .core.events import (CheckpointInstalled, Compute, Connect, Disconnect, FetchCheckpoint, Finished, LinkDown, LinkUp,
                           Log, Malformed, PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send, ServeRange,
                           StepSealed, Stop, Tick)
@@ -68,7 +68,7 @@ class ChainReplica:
     computed after the swarm sealed its step without it is there until the seal drops it),
     a heal without a majority is undone if it misses the digest it expects, and checkpoints
     exist only every ``checkpoint_every`` steps (the newest ``keep`` of them, and the one we
-    started from)."""
+    started from; ``checkpoints_to_keep`` says how many)."""
 
     def __init__(self, base: bytes, checkpoint_every: int = 20, keep: int = 3) -> None:
         self.ledger = Ledger()
@@ -265,7 +265,8 @@ class Simulation:
         core = SwarmCore(self.spec, signer, cfg, ticket=self._ticket(signer, behaviour or Behaviour()),
                          verify=self._check, verify_vote=self._check_vote, seed=self.rng.getrandbits(64),
                          digests={0: self.base})
-        peer = SimPeer(name, signer, core, ChainReplica(self.base, cfg.checkpoint_every), behaviour or Behaviour(), compute_time,
+        peer = SimPeer(name, signer, core, ChainReplica(self.base, cfg.checkpoint_every,
+                                                      checkpoints_to_keep(self.spec.late_window, cfg.checkpoint_every)), behaviour or Behaviour(), compute_time,
                        joined_at=self.now)
         self.peers[signer.machine] = peer
         found = self.rng.sample(self.rendezvous, min(bootstrap, len(self.rendezvous)))

@@ -5,7 +5,8 @@ with joiners by checkpoint and by replay, and every hostile behaviour the simula
 
 import pytest
 
-from seedswarm.peer.sim import HOSTILE_MIX, Behaviour, Scenario, run_scenario
+from seedswarm.peer.core import CoreConfig
+from seedswarm.peer.sim import HOSTILE_MIX, Behaviour, Scenario, Simulation, default_spec, run_scenario
 
 
 def converged(m: dict) -> bool:
@@ -69,6 +70,29 @@ def test_churn_with_joiners_by_checkpoint_and_by_replay_converges():
     assert converged(m) and m["joins"] > 0 and m["leaves"] > 0, m
     events = [e for p in sim.peers.values() for _, e, _ in p.logs]
     assert "join_checkpoint" in events and "joined" in events
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_newcomer_joins_by_checkpoint_when_the_late_window_is_wider_than_the_checkpoint_interval(seed):
+    """Votes trail the seal by the late window: a neighbour must send the votes of those steps
+    on link-up, and keep a checkpoint they cover, or the newcomer finds nothing voted to join
+    by (it used to replay from step 0)."""
+    spec = default_spec(late_window=64)
+
+    def config() -> CoreConfig:
+        cfg = CoreConfig()
+        cfg.checkpoint_every = 10
+        return cfg
+
+    sim = Simulation(spec, seed=seed, core_config=config)
+    founders = [sim.add_peer(name, compute_time=0.3, target=200, min_peers=2) for name in "ab"]
+    sim.run(45)  # about 110 steps sealed: the checkpoints of steps 10 to 40 are voted on
+    joiner = sim.add_peer("c", compute_time=0.3, target=200)
+    sim.run(200)
+    logs = {e: f for _, e, f in joiner.logs}
+    assert "join_checkpoint" in logs and "join_replay" not in logs, logs
+    assert joiner.replica.offset == logs["join_checkpoint"]["step"] > 0
+    assert {p.replica.state(200) for p in [*founders, joiner]} == {founders[0].replica.state(200)}
 
 
 @pytest.mark.parametrize("behaviour", [Behaviour(wrong_sign=True), Behaviour(fake_votes=True, fake_checkpoint=True)],

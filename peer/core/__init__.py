@@ -4,7 +4,7 @@ Nothing in this package imports asyncio, hivemind or torch: the same core runs i
 real peer (peer/node.py) and by the hundreds inside the simulator (peer/sim.py).
 """
 
-from .core import JOIN_MODES, CoreConfig, SwarmCore
+from .core import JOIN_MODES, CoreConfig, SwarmCore, checkpoints_to_keep
 from .events import *  # noqa: F401,F403  (the event and action types)
 
-__all__ = ["JOIN_MODES", "CoreConfig", "SwarmCore"]
+__all__ = ["JOIN_MODES", "CoreConfig", "SwarmCore", "checkpoints_to_keep"]

@@ -63,6 +63,14 @@ from .trust import Standing, Tally, Votes as VoteBook
 JOIN_MODES = ("checkpoint", "replay")
 
 
+def checkpoints_to_keep(late_window: int, checkpoint_every: int, minimum: int = 3) -> int:
+    """How many checkpoints a replica keeps so that one its neighbours have voted on is always
+    among them: a step is voted on once it leaves the late window (``late_window + 1`` steps
+    after it is sealed), so a newcomer joining by checkpoint needs the newest checkpoint at
+    least that old and the one before it (whose votes have surely arrived)."""
+    return max(minimum, -(-(late_window + 1 + checkpoint_every) // checkpoint_every) + 1)
+
+
 @dataclass
 class CoreConfig:
     """A peer's local settings (what replicas must agree on is in the SwarmSpec)."""
@@ -298,7 +306,10 @@ class SwarmCore:
         out.append(Send(peer, self._status()))
         out.append(Send(peer, self._peers_message(peer)))
         self._links_changed = True
-        votes = [v for v in self.votes.recent(self.sealed - 8 * self.spec.digest_every) if v.machine == self.me]
+        # our votes of every step it weighs (section 13): votes trail the seal by the late window,
+        # and a newcomer picks the checkpoint to join by from them
+        since = self.sealed - 8 * self.spec.digest_every - self.spec.late_window
+        votes = [v for v in self.votes.recent(since) if v.machine == self.me]
         if votes:
             out.append(Send(peer, Votes(tuple(votes[-MAX_BATCH:]))))
         # our records of steps not sealed yet, and of the sealed steps a late record may still
