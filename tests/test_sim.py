@@ -65,6 +65,21 @@ def test_an_even_partition_where_both_sides_trained_alone_ends_identical(peers):
         assert healed and not any(f["how"] == "checkpoint" for f in healed)
 
 
+def test_a_late_records_rebuild_is_not_taken_for_a_heals():
+    """Regression (seed found by sweeping 320 even partitions): a late record's Rebuild was
+    queued just before a heal's; its Rebuilt was taken for the heal's, which seemed to miss
+    the leader's digest, so the core restored its records while the replica kept the
+    leader's, and the split never healed. Rebuilt events are now matched to their Rebuild."""
+    sim, m = run_scenario(Scenario(peers=2, steps=60, seed=47, min_peers=1, loss=0.02, partition=(15.0, 45.0, 0.5),
+                                   core_overrides={"alone_after": 5.0}))
+    assert converged(m) and m["honest_finished"] == 2, m
+    for p in sim.peers.values():
+        assert not [f for _, e, f in p.logs if e == "healed" and not f["ok"]], p.name
+        held = p.core.ledger.ordered()  # the core keeps the recent steps; the replica (on disk) all of them
+        low = min(r.step for r in held)
+        assert sorted(r.rid for r in p.replica.ledger.ordered() if r.step >= low) == sorted(r.rid for r in held)
+
+
 def test_churn_with_joiners_by_checkpoint_and_by_replay_converges():
     sim, m = run_scenario(Scenario(peers=10, steps=40, loss=0.01, seed=4, churn_per_minute=0.5))
     assert converged(m) and m["joins"] > 0 and m["leaves"] > 0, m

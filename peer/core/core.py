@@ -207,6 +207,9 @@ class SwarmCore:
         self._tallies: dict[int, float] = {}       # digest step -> when to tally it
         self._to_cast: set[int] = set()            # settled digest steps we have yet to vote on
         self._voted: set[int] = set()
+        # one entry per Rebuild not yet answered, in order (the replica runs them in order):
+        # True for a heal's, so a late records' Rebuilt is never taken for the heal's
+        self._rebuilds: deque[bool] = deque()
         self._misled_by: dict[bytes, float] = {}   # served records that missed the digest it led a split with:
                                                    # not followed on a split again until then
         self.revision = 0
@@ -785,6 +788,7 @@ class SwarmCore:
         first = min(r.step for r in late)
         self.late_applied += len(late)
         self._busy += 1
+        self._rebuilds.append(False)
         out.append(Rebuild(first, tuple(late)))
         out.append(Log("late", {"records": len(late), "first_step": first}))
 
@@ -793,7 +797,8 @@ class SwarmCore:
         self.digests.update(event.digests)
         if not event.ok:
             out.append(Log("rebuild_failed", {"sealed": event.sealed}))
-        if self._heal is not None and self._heal.stage == "rebuild":
+        healing = self._rebuilds.popleft() if self._rebuilds else False
+        if healing and self._heal is not None and self._heal.stage == "rebuild":
             self._heal_rebuilt(out)
 
     # ================================================================================== healing
@@ -897,6 +902,7 @@ class SwarmCore:
         heal.source = req.peer
         self._busy += 1
         trusted = {heal.first: self.digests[heal.first]} if heal.first in self.digests else {}
+        self._rebuilds.append(True)
         out.append(Rebuild(heal.first, tuple(heal.records), replace=True, last=heal.step, trusted=trusted,
                            expect=(heal.step, heal.winner)))
         heal.previous = [r for r in self.ledger.ordered() if heal.first <= r.step < heal.step]
