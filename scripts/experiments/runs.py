@@ -89,6 +89,7 @@ class RunConfig:
     eps: float = EPS
     samples: int = 1          # spec.samples_per_step: probes per record, all on the peer's one batch
     rank: int = 0             # spec.perturbation_rank: 0 elementwise z, r > 0 low-rank z on 2-D tensors
+    pool: int = 0             # spec.seed_pool: 0 a direction per sample, K > 0 a step's samples share K directions
     batch: int = BATCH_SIZE   # examples per peer per step
 
 
@@ -110,6 +111,15 @@ class RunResult:
     record_bytes: list[int] = field(default_factory=list)  # len(record.encode()) of every record
     seconds: float = 0.0
     diverged: str = ""
+
+
+def run_spec(model_id: str, cfg: RunConfig) -> SwarmSpec:
+    """The swarm spec of a ZO run of ``cfg`` on model ``model_id``."""
+    return SwarmSpec(name="seedswarm-experiments", model=ModelRef(model_id), task=PRESETS["sentiment"],
+                     lr=LRSchedule(base=cfg.lr), eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
+                     perturbation=cfg.perturbation, aggregation=Aggregation(normalize=cfg.normalize),
+                     trainable=cfg.trainable, frozen=cfg.frozen, samples_per_step=cfg.samples,
+                     perturbation_rank=cfg.rank, seed_pool=cfg.pool)
 
 
 def evenly_spaced(examples: list, n: int) -> list:
@@ -137,12 +147,7 @@ class Setting:
 
     def spec(self, cfg: RunConfig | None = None) -> SwarmSpec:
         """The swarm spec of a ZO run (the defaults of ``RunConfig`` without one)."""
-        cfg = cfg or RunConfig("default", "default")
-        return SwarmSpec(name="seedswarm-experiments", model=ModelRef(self.model_id), task=PRESETS["sentiment"],
-                         lr=LRSchedule(base=cfg.lr), eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
-                         perturbation=cfg.perturbation, aggregation=Aggregation(normalize=cfg.normalize),
-                         trainable=cfg.trainable, frozen=cfg.frozen, samples_per_step=cfg.samples,
-                         perturbation_rank=cfg.rank)
+        return run_spec(self.model_id, cfg or RunConfig("default", "default"))
 
     def fresh_model(self) -> nn.Module:
         return load_model(None if self.model_id == BUNDLED_ID else self.model_id)[0]
