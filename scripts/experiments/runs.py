@@ -171,7 +171,8 @@ StepFn = Callable[[int], tuple[float, float]]
 def zo_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResult) -> tuple[StepFn, Callable[[], None]]:
     """SPSA on P simulated peers. One-byte: the normal record path. Other codecs: the exact
     projected gradient of the same record (same seed, same batch) goes through the codec and
-    is queued as coef = f32(-lr * value), exactly like a decoded byte would be."""
+    is queued as coef = f32(-lr * value), exactly like a decoded byte would be (one term per
+    record: with a seed pool, along the record's pool direction, not collapsed)."""
     spec = setting.spec(cfg)
     replica = Replica.for_task(model, spec, setting.task)
     machines = [Signer(bytes([i]) * 32) for i in range(cfg.peers)]
