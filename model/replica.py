@@ -8,6 +8,8 @@ A sealed step's records become update terms through the spec's step rule
     decay = float32(1 - lr * spec.weight_decay)  (1 for tensors matching spec.no_decay)
     theta <- theta * decay + coef * z(seed_i)    (per element, see perturb.py)
 
+(in a pooled swarm, ``spec.seed_pool``, one term per pool direction instead: SPEC 5.2, 10.4).
+
 Every replica applies the same steps in order and each step's records in canonical order,
 so replicas, live or rebuilt from a ledger, hold bit-identical weights.
 """
@@ -27,6 +29,7 @@ from ..protocol import codec
 from ..protocol.aggregation import UpdateTerm, step_terms
 from ..protocol.hashing import derive_seed
 from ..protocol.identity import Signer
+from ..protocol.pool import direction_seed
 from ..protocol.ledger import Ledger
 from ..protocol.records import Record
 from ..protocol.spec import SwarmSpec
@@ -67,7 +70,9 @@ class Replica:
         return cls(model, spec, task.loss, getattr(task, "paired", None))
 
     def seed(self, machine: bytes, sample: int) -> int:
-        return derive_seed(self.swarm_id, machine, sample)
+        """The seed of the direction sample counter ``sample`` of ``machine`` probes: its own
+        (SPEC 5) or, in a pooled swarm, its pool entry's (SPEC 5.2)."""
+        return direction_seed(self.spec, machine, sample)
 
     # --- local training -----------------------------------------------------------------------
     def local_step(self, step: int, signer: Signer, batches: Sequence[Any], ticket: bytes = b"") -> LocalStep:
@@ -78,17 +83,19 @@ class Replica:
         if len(batches) != self.spec.samples_per_step:
             raise ValueError(f"a step takes spec.samples_per_step = {self.spec.samples_per_step} batches")
         started = time.perf_counter()
-        first = step * self.spec.samples_per_step
-        seeds = [self.seed(signer.machine, first + i) for i in range(len(batches))]
+        samples = range(step * self.spec.samples_per_step, (step + 1) * self.spec.samples_per_step)
         grads, losses = [], []
-        for seed, batch in zip(seeds, batches):
+        for sample, batch in zip(samples, batches):
+            seed = self.seed(signer.machine, sample)
             paired = self.paired_fn(self.model, batch) if self.paired_fn is not None else None
             g, plus, minus = self.zo.projected_gradient(lambda: self.loss_fn(self.model, batch), seed, self.spec.eps, paired)
             if not np.isfinite(g):
                 raise FloatingPointError(f"non-finite loss at step {step} (+eps {plus}, -eps {minus}): the model diverged; lower the lr or eps")
             grads.append(g)
             losses.append((plus + minus) / 2)
-        codes, scale_exp = codec.encode(grads, seeds, self.spec.codec.clip)
+        # the codec rounds with each sample's own seed, pooled or not (SPEC 6)
+        codes, scale_exp = codec.encode(grads, [derive_seed(self.swarm_id, signer.machine, s) for s in samples],
+                                        self.spec.codec.clip)
         record = Record.create(signer, self.swarm_id, step, scale_exp, codes, ticket)
         return LocalStep(record, grads, losses, time.perf_counter() - started)
 

@@ -31,6 +31,11 @@ so a step moves the weights by about lr along each direction whatever the gradie
 large estimate no longer sets the step length). ``"none"`` keeps g'' = g'. The update of
 sample j of record r is then (SPEC section 10.4) ``coef = f32(-(lr(r.step) * g''_ij))`` with
 the decay of the tensor.
+
+In a pooled swarm (``spec.seed_pool = K``, SPEC 5.2) the samples that probed the same pool
+direction k share one term instead: ``coef_k = f32(-(lr * S_k))`` with S_k the double sum of
+their g'' (records in canonical order, samples in order), terms in ascending k; the step decays
+once, on its first term. A step of N records then costs every replica at most K terms.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .hashing import derive_seed
+from .pool import pool_index, pool_seed
 from .records import Record
 from .spec import SwarmSpec
 from .util import f32
@@ -105,15 +111,47 @@ def step_gradients(spec: SwarmSpec, records: Sequence[Record]) -> list[list[floa
 
 def step_terms(spec: SwarmSpec, records: Sequence[Record]) -> list[UpdateTerm]:
     """Update terms of one sealed step, in application order (records in canonical order,
-    samples in order). ``records`` must all be of one step and already admitted."""
+    samples in order; pooled swarms: one term per pool direction used, ascending). ``records``
+    must all be of one step and already admitted. Every path that applies records to weights
+    (replicas, replay, rebuilds) goes through here."""
     records = sorted(records, key=lambda r: r.order_key)
     if len({r.step for r in records}) > 1:
         raise ValueError("step_terms takes the records of one step")
+    grads = step_gradients(spec, records)
+    if spec.seed_pool:
+        return _pooled_terms(spec, records, grads)
     swarm, n = spec.swarm_id, spec.samples_per_step
     terms = []
-    for record, grads in zip(records, step_gradients(spec, records)):
+    for record, gs in zip(records, grads):
         lr = spec.lr(record.step)
         decay = f32(1.0 - lr * spec.weight_decay)
-        for sample, g in zip(record.samples(n), grads):
+        for sample, g in zip(record.samples(n), gs):
             terms.append(UpdateTerm(derive_seed(swarm, record.machine, sample), f32(-(lr * g)), decay))
     return terms
+
+
+def pool_sums(spec: SwarmSpec, records: Sequence[Record], grads: list[list[float]]) -> dict[int, float]:
+    """S_k of each pool direction k that a sample of the step probed: the double sum of the
+    samples' g'', starting from the first and adding in canonical record order, then sample
+    order (``records`` sorted; ``grads`` their g'' in the same order)."""
+    swarm, n, size = spec.swarm_id, spec.samples_per_step, spec.seed_pool
+    sums: dict[int, float] = {}
+    for record, gs in zip(records, grads):
+        for sample, g in zip(record.samples(n), gs):
+            k = pool_index(swarm, record.machine, sample, size)
+            sums[k] = sums[k] + g if k in sums else g
+    return sums
+
+
+def _pooled_terms(spec: SwarmSpec, records: list[Record], grads: list[list[float]]) -> list[UpdateTerm]:
+    """SPEC 10.4 for a pooled swarm: one term per direction used, in ascending pool index; the
+    first carries the step's decay (a step decays once, however many records it holds)."""
+    if not records:
+        return []
+    step = records[0].step
+    lr = spec.lr(step)
+    decay = f32(1.0 - lr * spec.weight_decay)
+    swarm = spec.swarm_id
+    sums = pool_sums(spec, records, grads)
+    return [UpdateTerm(pool_seed(swarm, step, k), f32(-(lr * sums[k])), decay if i == 0 else 1.0)
+            for i, k in enumerate(sorted(sums))]

@@ -25,6 +25,7 @@ from .distributions import DISTRIBUTIONS, RADEMACHER
 from . import globs
 from .errors import ProtocolError
 from .identity import MAX_POW_BITS
+from .pool import MAX_SEED_POOL
 from .records import MAX_SAMPLES
 from .schedule import LRSchedule
 
@@ -114,6 +115,10 @@ class SwarmSpec:
     #: the rank-r sign matrix U V^T / sqrt(r) (LOZO-style, SPEC 5.1): a step explores an
     #: r-dimensional family of directions per matrix instead of all m*n at once. Optional field.
     perturbation_rank: int = 0
+    #: 0: every sample has its own direction (SPEC 5). K > 0: a step's samples draw their
+    #: directions from K per-step pool seeds (SPEC 5.2), so a sealed step of any number of records
+    #: costs a replica at most K update terms. Optional field.
+    seed_pool: int = 0
     eps: float = 1e-3
     lr: LRSchedule = field(default_factory=LRSchedule)
     weight_decay: float = 0.0
@@ -235,6 +240,7 @@ def parse_swarm_id(text: str) -> bytes:
 OPTIONAL_FIELDS: dict[tuple[str, ...], Any] = {
     ("aggregation", "normalize"): "none",
     ("perturbation_rank",): 0,
+    ("seed_pool",): 0,
 }
 _NESTED = {"model": ModelRef, "task": TaskRef, "lr": LRSchedule, "codec": CodecParams,
            "aggregation": Aggregation, "admission": Admission}
@@ -348,6 +354,7 @@ def _validate(s: SwarmSpec) -> None:
         raise ProtocolError(f"spec.perturbation_rank must be one of {PERTURBATION_RANKS}")
     if s.perturbation_rank and s.perturbation != RADEMACHER:
         raise ProtocolError("spec.perturbation_rank > 0 needs spec.perturbation = \"rademacher\" (exact sign factors)")
+    _int(s.seed_pool, "spec.seed_pool", 0, MAX_SEED_POOL)
     _float(s.eps, "spec.eps", positive=True, hi=MAX_SCALE)
     if type(s.lr) is not LRSchedule:
         raise ProtocolError("spec.lr must be a mapping")

@@ -15,6 +15,9 @@ load hits both sides alike. Ratios are what to compare across machines.
 - seal_N_over_2fwd      applying one sealed step of N records (N = 1, 10, 100, 1000; one
                         gradient each, distinct machines) over two plain forwards: what every
                         replica pays per step in a swarm of N training peers
+- seal_N_over_2fwd_poolK the same step in a swarm with a seed pool of K directions per step
+                        (spec.seed_pool = K, SPEC 5.2; K = 16 and 64): at most K update terms
+                        whatever N
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -54,6 +58,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seal-sizes", type=int, nargs="*", default=[1, 10, 100, 1000],
                         help="records per sealed step for the seal_N_over_2fwd curve")
+    parser.add_argument("--pools", type=int, nargs="*", default=[16, 64],
+                        help="seed pool sizes for the seal_N_over_2fwd_poolK curves")
     args = parser.parse_args()
 
     model, tokenizer = load_model(None)
@@ -108,17 +114,22 @@ def main() -> None:
             step_ratio.append(o / f), mezo_ratio.append(m / f)
     med = statistics.median
     seal_ratios = {}
+    pooled = {k: Replica.for_task(model, replace(spec, seed_pool=k), task) for k in args.pools}
     for n in args.seal_sizes:
         # n records of one step by n machines; fixed bytes, so only the count varies
         records = [Record(step=0, machine=Signer(i.to_bytes(32, "big")).machine, scale_exp=4,
                           grads=bytes([(37 * i) % 127 + 1])) for i in range(n)]
-        replica.apply_step(records), replica.flush()  # warm-up: kernels specialise on the term count
-        ratios = []
+        sealers = {"": replica, **{f"_pool{k}": r for k, r in pooled.items()}}
+        for sealer in sealers.values():
+            sealer.apply_step(records), sealer.flush()  # warm-up: kernels specialise on the term count
+        ratios = {suffix: [] for suffix in sealers}
         for batch in batches[: max(3, args.rounds)]:
-            f = timed(lambda: plain_pair(batch))
-            a = timed(lambda: (replica.apply_step(records), replica.flush()))
-            ratios.append(a / f)
-        seal_ratios[f"seal_{n}_over_2fwd"] = round(med(ratios), 3)
+            for suffix, sealer in sealers.items():  # interleaved: every curve sees the same load
+                f = timed(lambda: plain_pair(batch))
+                a = timed(lambda: (sealer.apply_step(records), sealer.flush()))
+                ratios[suffix].append(a / f)
+        for suffix, values in ratios.items():
+            seal_ratios[f"seal_{n}_over_2fwd{suffix}"] = round(med(values), 3)
     result = {
         "params": numel,
         "batch_size": args.batch_size,

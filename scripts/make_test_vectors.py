@@ -312,6 +312,7 @@ def main() -> None:
         "globs": globs_vector(), "step_redescend": redescend_vector(a, b, c), "tally": tally_vector(),
         "update_16bit": update_16bit_vector(), "step_rms": rms_vector(a, b, c), "spec_optional": optional_vector(),
         "z_lowrank": lowrank_z_vector(), "update_lowrank": lowrank_update_vector(), "spec_lowrank": lowrank_spec_vector(),
+        "seed_pool": pool_vector(a, b), "spec_pool": pool_spec_vector(), "update_pool": pool_update_vector(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(vectors, indent=1, ensure_ascii=True) + "\n")
@@ -567,6 +568,72 @@ def lowrank_spec_vector() -> dict:
             "rejected_json": [json.dumps(dict(minimal, perturbation_rank=r)) for r in (2, 8, -4, 256)]
             + [json.dumps(dict(minimal, perturbation_rank=4, perturbation="gaussian")),
                json.dumps(dict(minimal, perturbation_rank=4.0))]}
+
+
+# --- seed pools (SPEC 5.2, 10.4) ------------------------------------------------------------------
+def pool_vector(a: Signer, b: Signer) -> dict:
+    """Pool indices of samples of two machines at several pool sizes, and pool seeds at edges."""
+    from seedswarm.protocol.pool import pool_index, pool_seed
+    swarm = SwarmSpec.from_dict({"name": "vectors-minimal", "model": {"id": "m"}, "task": {"kind": "label-prompts"}}).swarm_id
+    return {"swarm_id": swarm.hex(),
+            "indices": [{"machine": m.machine.hex(), "sample": s, "size": k, "index": pool_index(swarm, m.machine, s, k)}
+                        for m in (a, b) for s in (0, 1, 2**40, 2**64 - 1) for k in (1, 7, 64, 65536)],
+            "seeds": [{"step": t, "index": k, "seed": f"{pool_seed(swarm, t, k):016x}"}
+                      for t in (0, 1, 2**64 - 1) for k in (0, 1, 65535)]}
+
+
+def pool_spec_vector() -> dict:
+    """``seed_pool`` (optional, 4.1): 16 is carried in the canonical bytes, 0 leaves the id alone."""
+    minimal = {"name": "vectors-minimal", "model": {"id": "m"}, "task": {"kind": "label-prompts"}}
+    plain = SwarmSpec.from_dict(minimal)
+    assert SwarmSpec.from_dict(dict(minimal, seed_pool=0)).swarm_id == plain.swarm_id
+    spec = SwarmSpec.from_dict(dict(minimal, seed_pool=16))
+    return {"json": json.dumps(dict(minimal, seed_pool=16)), "canonical": spec.canonical_bytes().hex(),
+            "swarm_id": spec.swarm_id_hex, "json_zero": json.dumps(dict(minimal, seed_pool=0)),
+            "swarm_id_zero": plain.swarm_id_hex,
+            "rejected_json": [json.dumps(dict(minimal, seed_pool=k)) for k in (-1, 65537, 4.0, True, "4")]}
+
+
+POOL_TENSOR = ("layer.weight", (2, 4))
+
+
+def pool_update_vector() -> dict:
+    """One step of 6 records x 2 samples, K = 4, weight decay, redescend with an outlier: each
+    sample's pool index, g'' and the per-entry sums, the terms, and a 2 x 4 tensor of a rank-1
+    swarm after them (checked against the engine, model/lowrank.py)."""
+    from seedswarm.model.lowrank import apply as lowrank_apply
+    from seedswarm.model.perturb import Term
+    from seedswarm.protocol.aggregation import pool_sums
+    from seedswarm.protocol.pool import pool_index
+    spec = SwarmSpec.from_dict({"name": "vectors-pool", "model": {"id": "m"}, "task": {"kind": "label-prompts"},
+                                "samples_per_step": 2, "seed_pool": 4, "perturbation_rank": 1, "weight_decay": 0.5,
+                                "lr": {"base": 0.01}, "codec": {"clip": 64.0}})
+    signers = [Signer(bytes([i + 1]) * 32) for i in range(6)]
+    grads = [bytes([10, 0xF0]), bytes([5, 12]), bytes([0x81, 0x7F]), bytes([0, 0xF9]), bytes([3, 3]), bytes([0xFE, 20])]
+    recs = [Record.create(s, spec.swarm_id, 3, 2, g) for s, g in zip(signers, grads)]
+    ordered = sorted(recs, key=lambda r: r.machine)
+    g2 = step_gradients(spec, ordered)
+    sums = pool_sums(spec, ordered, g2)
+    terms = step_terms(spec, recs)
+    name, shape = POOL_TENSOR
+    theta = np.array([0.5, -1.25, 3.0e-3, 7.0, -0.0, 1.0e-8, 2.5, -3.75], dtype=np.float32)
+    v = theta.copy()
+    for t in terms:  # the tensor decays (no_decay keeps its default, which does not match it)
+        key = tensor_key(t.seed, tensor_id(name))
+        z = np.array([lowrank_z_value(key, shape, 1, i) for i in range(8)], dtype=np.float32)
+        v = (v * np.float32(t.decay)).astype(np.float32)
+        v = (v + (np.float32(t.coef) * z).astype(np.float32)).astype(np.float32)
+    engine = torch.from_numpy(theta.copy()).view(shape)
+    lowrank_apply(engine, [Term(tensor_key(t.seed, tensor_id(name)), t.coef, t.decay) for t in terms], 1)
+    assert engine.flatten().numpy().tobytes() == v.tobytes()
+    return {"spec_json": json.dumps(spec.to_dict(), sort_keys=True), "swarm_id": spec.swarm_id_hex,
+            "records": [r.encode().hex() for r in recs],
+            "indices": [pool_index(spec.swarm_id, r.machine, s, 4) for r in ordered for s in r.samples(2)],
+            "normalized_hex": [d_hex(x) for gs in g2 for x in gs],
+            "sums": [{"index": k, "sum_hex": d_hex(sums[k])} for k in sorted(sums)],
+            "terms": [{"seed": f"{t.seed:016x}", "coef_hex": f_hex(t.coef), "decay_hex": f_hex(t.decay)} for t in terms],
+            "tensor": {"name": name, "shape": list(shape), "theta": [f_hex(x) for x in theta],
+                       "result": [f_hex(x) for x in v]}}
 
 
 if __name__ == "__main__":

@@ -51,3 +51,14 @@ def test_rules_only_writes_the_update_rule_comparison(tmp_path, tiny_swarm):
     assert len(raw["rules"]) == 2 * len(RULES) and all(r["steps"] == 2 for r in raw["rules"])
     assert "## Results" in (tmp_path / "RULES.md").read_text() and not (tmp_path / "RESULTS.md").exists()
     assert (tmp_path / "rules_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_setting_reaches_its_swarm_spec():
+    """sweep.py's key=value runs set spec fields through RunConfig (here the seed pool, SPEC 5.2)."""
+    from runs import run_spec
+    from sweep import parse_run
+
+    cfg = parse_run("pool=4,lr=2e-4,rank=1", peers=4, steps=30)
+    spec = run_spec("m", cfg)
+    assert (cfg.peers, spec.seed_pool, spec.perturbation_rank, spec.lr.base) == (4, 4, 1, 2e-4)
+    assert "seed_pool" not in run_spec("m", parse_run("lr=1e-4")).to_dict()

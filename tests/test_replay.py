@@ -40,6 +40,7 @@ def train_swarm_in_process(spec, tokenizer, steps):
          aggregation=Aggregation(clip="none"),
          lr=LRSchedule(base=5e-3, kind="cosine", warmup_steps=5, total_steps=30, min_ratio=0.1)),
     dict(perturbation_rank=4, aggregation=Aggregation(normalize="rms"), lr=LRSchedule(base=1e-3), steps=6),  # SPEC 5.1
+    dict(seed_pool=2, samples_per_step=2, weight_decay=0.1, steps=8),  # SPEC 5.2: collisions in the pool
 ])
 def test_three_machines_forty_steps_then_a_fresh_replica_replays_to_the_same_digest(tokenizer, tmp_path, variant):
     variant = dict(variant)

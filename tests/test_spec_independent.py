@@ -220,6 +220,16 @@ SIGNERS = [bytes([i]) * 32 for i in range(1, 6)]
 
 
 @FAST
+@given(st.binary(min_size=32, max_size=32), st.sampled_from(SIGNERS), u64, st.integers(1, 65536), st.integers(0, 65535))
+def test_pool_indices_and_seeds_match(swarm, signer_seed, sample, size, index):
+    from seedswarm.protocol.pool import pool_index, pool_seed
+
+    machine = Signer(signer_seed).machine
+    assert ssv2.pool_index(swarm, machine, sample, size) == pool_index(swarm, machine, sample, size)
+    assert ssv2.pool_seed(swarm, sample, index) == pool_seed(swarm, sample, index)
+
+
+@FAST
 @given(st.binary(min_size=32, max_size=32), st.sampled_from(SIGNERS), u64, u64, st.integers(0, 1 << 42))
 def test_seeds_and_z_match(swarm, signer_seed, sample, key, index):
     machine = Signer(signer_seed).machine
@@ -519,12 +529,12 @@ def test_records_decode_and_verify_alike(record, data):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(records(step=9, n=2), min_size=1, max_size=6), st.floats(0.01, 10.0),
        st.sampled_from(["median", "none", "redescend"]),
-       st.floats(0.0, 0.5), st.floats(1e-3, 1e4))
-def test_step_terms_match(recs, factor, rule, decay, clip):
+       st.floats(0.0, 0.5), st.floats(1e-3, 1e4), st.sampled_from([0, 0, 1, 3, 64]))
+def test_step_terms_match(recs, factor, rule, decay, clip, pool):
     ledger = Ledger(recs)
     applicable = ledger.applicable(9)
     obj = json.loads(V["spec_full"]["json"])
-    obj.update(weight_decay=decay, aggregation={"clip": rule, "clip_factor": factor}, codec={"clip": clip})
+    obj.update(weight_decay=decay, aggregation={"clip": rule, "clip_factor": factor}, codec={"clip": clip}, seed_pool=pool)
     spec = SwarmSpec.from_dict(obj)
     ours_spec, _, sid = ssv2.spec_from_obj(obj)
     ours = ssv2.step_terms(ours_spec, sid, [ssv2.decode_record(r.encode()) for r in applicable])
@@ -771,6 +781,40 @@ def test_lowrank_vectors():
     for text in sv["rejected_json"]:
         with pytest.raises(ssv2.Invalid):
             ssv2.spec_from_json(text)
+
+
+def test_pool_vectors():
+    """5.2 and 10.4: pool indices and seeds, a pooled step's sums and terms, its tensor update."""
+    p = V["seed_pool"]
+    swarm = bytes.fromhex(p["swarm_id"])
+    for row in p["indices"]:
+        assert ssv2.pool_index(swarm, bytes.fromhex(row["machine"]), row["sample"], row["size"]) == row["index"]
+    for row in p["seeds"]:
+        assert f"{ssv2.pool_seed(swarm, row['step'], row['index']):016x}" == row["seed"]
+    sv = V["spec_pool"]
+    _, data, sid = ssv2.spec_from_json(sv["json"])
+    assert data.hex() == sv["canonical"] and sid.hex() == sv["swarm_id"]
+    assert ssv2.spec_from_canonical(data)[1] == sid
+    assert ssv2.spec_from_json(sv["json_zero"])[2].hex() == sv["swarm_id_zero"]
+    for text in sv["rejected_json"]:
+        with pytest.raises(ssv2.Invalid):
+            ssv2.spec_from_json(text)
+    u = V["update_pool"]
+    spec, _, sid = ssv2.spec_from_json(u["spec_json"])
+    assert sid.hex() == u["swarm_id"]
+    recs = sorted((ssv2.decode_record(bytes.fromhex(x)) for x in u["records"]), key=lambda r: r.machine)
+    n, k = spec["samples_per_step"], spec["seed_pool"]
+    assert [ssv2.pool_index(sid, r.machine, r.step * n + j, k) for r in recs for j in range(n)] == u["indices"]
+    terms = ssv2.step_terms(spec, sid, recs)
+    assert [(f"{a:016x}", ssv2.f32_hex(b), ssv2.f32_hex(c)) for a, b, c in terms] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in u["terms"]]
+    t = u["tensor"]
+    name, shape = t["name"], tuple(t["shape"])
+    assert ssv2.trainable(spec, name) and ssv2.decays(spec, name)
+    theta = [struct.unpack("<f", bytes.fromhex(x))[0] for x in t["theta"]]
+    out = ssv2.update_lowrank(theta, shape, spec["perturbation_rank"],
+                              [(ssv2.tensor_key(a, name), b, c) for a, b, c in terms])
+    assert [ssv2.f32_hex(x) for x in out] == t["result"]
 
 
 @FAST

@@ -335,3 +335,41 @@ def test_lowrank_vectors():
     for text in s["rejected_json"]:
         with pytest.raises(ProtocolError):
             SwarmSpec.from_json(text)
+
+
+def test_pool_vectors():
+    """SPEC 5.2 and 10.4: pool indices and seeds, the optional field, a pooled step and its update."""
+    from seedswarm.model.lowrank import apply as lowrank_apply
+    from seedswarm.protocol.aggregation import pool_sums
+    from seedswarm.protocol.pool import pool_index, pool_seed
+
+    p = V["seed_pool"]
+    swarm = bytes.fromhex(p["swarm_id"])
+    for row in p["indices"]:
+        assert pool_index(swarm, bytes.fromhex(row["machine"]), row["sample"], row["size"]) == row["index"]
+    for row in p["seeds"]:
+        assert f"{pool_seed(swarm, row['step'], row['index']):016x}" == row["seed"]
+    s = V["spec_pool"]
+    spec = SwarmSpec.from_json(s["json"])
+    assert spec.seed_pool == 16 and spec.canonical_bytes().hex() == s["canonical"] and spec.swarm_id_hex == s["swarm_id"]
+    assert SwarmSpec.from_canonical(bytes.fromhex(s["canonical"])).swarm_id_hex == s["swarm_id"]
+    assert SwarmSpec.from_json(s["json_zero"]).swarm_id_hex == s["swarm_id_zero"]
+    for text in s["rejected_json"]:
+        with pytest.raises(ProtocolError):
+            SwarmSpec.from_json(text)
+    u = V["update_pool"]
+    spec = SwarmSpec.from_json(u["spec_json"])
+    assert spec.swarm_id_hex == u["swarm_id"]
+    records = sorted((decode_record(bytes.fromhex(x)) for x in u["records"]), key=lambda r: r.order_key)
+    g2 = step_gradients(spec, records)
+    assert [struct.pack(">d", x).hex() for gs in g2 for x in gs] == u["normalized_hex"]
+    assert [pool_index(spec.swarm_id, r.machine, j, spec.seed_pool) for r in records for j in r.samples(2)] == u["indices"]
+    sums = pool_sums(spec, records, g2)
+    assert [{"index": k, "sum_hex": struct.pack(">d", sums[k]).hex()} for k in sorted(sums)] == u["sums"]
+    terms = step_terms(spec, records)
+    assert [(f"{t.seed:016x}", f32_hex(t.coef), f32_hex(t.decay)) for t in terms] == [
+        (t["seed"], t["coef_hex"], t["decay_hex"]) for t in u["terms"]]
+    t = u["tensor"]
+    theta = torch.tensor([struct.unpack("<f", bytes.fromhex(x))[0] for x in t["theta"]]).view(*t["shape"])
+    lowrank_apply(theta, [Term(tensor_key(x.seed, tensor_id(t["name"])), x.coef, x.decay) for x in terms], spec.perturbation_rank)
+    assert [f32_hex(x) for x in theta.flatten().tolist()] == t["result"]

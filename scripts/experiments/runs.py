@@ -89,6 +89,7 @@ class RunConfig:
     eps: float = EPS
     samples: int = 1          # spec.samples_per_step: probes per record, all on the peer's one batch
     rank: int = 0             # spec.perturbation_rank: 0 elementwise z, r > 0 low-rank z on 2-D tensors
+    pool: int = 0             # spec.seed_pool: 0 a direction per sample, K > 0 a step's samples share K directions
     batch: int = BATCH_SIZE   # examples per peer per step
 
 
@@ -110,6 +111,15 @@ class RunResult:
     record_bytes: list[int] = field(default_factory=list)  # len(record.encode()) of every record
     seconds: float = 0.0
     diverged: str = ""
+
+
+def run_spec(model_id: str, cfg: RunConfig) -> SwarmSpec:
+    """The swarm spec of a ZO run of ``cfg`` on model ``model_id``."""
+    return SwarmSpec(name="seedswarm-experiments", model=ModelRef(model_id), task=PRESETS["sentiment"],
+                     lr=LRSchedule(base=cfg.lr), eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
+                     perturbation=cfg.perturbation, aggregation=Aggregation(normalize=cfg.normalize),
+                     trainable=cfg.trainable, frozen=cfg.frozen, samples_per_step=cfg.samples,
+                     perturbation_rank=cfg.rank, seed_pool=cfg.pool)
 
 
 def evenly_spaced(examples: list, n: int) -> list:
@@ -137,12 +147,7 @@ class Setting:
 
     def spec(self, cfg: RunConfig | None = None) -> SwarmSpec:
         """The swarm spec of a ZO run (the defaults of ``RunConfig`` without one)."""
-        cfg = cfg or RunConfig("default", "default")
-        return SwarmSpec(name="seedswarm-experiments", model=ModelRef(self.model_id), task=PRESETS["sentiment"],
-                         lr=LRSchedule(base=cfg.lr), eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
-                         perturbation=cfg.perturbation, aggregation=Aggregation(normalize=cfg.normalize),
-                         trainable=cfg.trainable, frozen=cfg.frozen, samples_per_step=cfg.samples,
-                         perturbation_rank=cfg.rank)
+        return run_spec(self.model_id, cfg or RunConfig("default", "default"))
 
     def fresh_model(self) -> nn.Module:
         return load_model(None if self.model_id == BUNDLED_ID else self.model_id)[0]
@@ -166,7 +171,8 @@ StepFn = Callable[[int], tuple[float, float]]
 def zo_steps(cfg: RunConfig, setting: Setting, model: nn.Module, result: RunResult) -> tuple[StepFn, Callable[[], None]]:
     """SPSA on P simulated peers. One-byte: the normal record path. Other codecs: the exact
     projected gradient of the same record (same seed, same batch) goes through the codec and
-    is queued as coef = f32(-lr * value), exactly like a decoded byte would be."""
+    is queued as coef = f32(-lr * value), exactly like a decoded byte would be (one term per
+    record: with a seed pool, along the record's pool direction, not collapsed)."""
     spec = setting.spec(cfg)
     replica = Replica.for_task(model, spec, setting.task)
     machines = [Signer(bytes([i]) * 32) for i in range(cfg.peers)]

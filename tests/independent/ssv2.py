@@ -27,6 +27,7 @@ M64 = (1 << 64) - 1
 SEED, TENSOR, CODEC = b"seedswarm/seed/v1\0", b"seedswarm/tensor/v1\0", b"seedswarm/codec/v1\0"
 SPEC, RECORD, VOTE = b"seedswarm/spec/v2\0", b"seedswarm/record/v2\0", b"seedswarm/vote/v2\0"
 MEMBER, POW, DHT = b"seedswarm/member/v2\0", b"seedswarm/pow/v2\0", b"seedswarm/dht/v2\0"
+POOL_INDEX, POOL_SEED = b"seedswarm/pool-index/v2\0", b"seedswarm/pool-seed/v2\0"
 GOLDEN = 0x9E3779B97F4A7C15
 
 
@@ -288,7 +289,7 @@ NESTED = {
 TOP = {
     "name": (_STR, REQ), "model": ("nested", REQ), "task": ("nested", REQ), "trainable": (_LIST, ["*"]),
     "frozen": (_LIST, []), "perturbation": (_STR, "rademacher"), "perturbation_rank": (_INT, 0),
-    "eps": (_FLOAT, 0.001), "lr": ("nested", None),
+    "seed_pool": (_INT, 0), "eps": (_FLOAT, 0.001), "lr": ("nested", None),
     "weight_decay": (_FLOAT, 0.0), "no_decay": (_LIST, ["*bias", "*LayerNorm*", "*layer_norm*", "*norm.weight"]),
     "codec": ("nested", None), "aggregation": ("nested", None), "admission": ("nested", None),
     "samples_per_step": (_INT, 1), "batch_size": (_INT, 32), "digest_every": (_INT, 10), "delay": (_INT, 1),
@@ -371,6 +372,7 @@ def validate(s: dict) -> None:
         ag["normalize"] in ("none", "rms"),
         _is_int(s["perturbation_rank"], 0, 64) and s["perturbation_rank"] in (0, 1, 4, 16, 64),
         s["perturbation_rank"] == 0 or s["perturbation"] == "rademacher",
+        _is_int(s["seed_pool"], 0, 65536),
         ad["mode"] in ("open", "members"), _is_int(ad["pow_bits"], 0, 32), type(ad["authority"]) is str,
         _is_int(s["samples_per_step"], 1, 1024), _is_int(s["batch_size"], 1, 1 << 20),
         _is_int(s["digest_every"], 1, 1 << 20), _is_int(s["delay"], 0, 8), _is_int(s["late_window"], 0, 64),
@@ -389,7 +391,7 @@ def validate(s: dict) -> None:
 
 
 #: 4.1's optional fields: in the canonical map only when not at their default.
-OPTIONAL = {("aggregation", "normalize"): "none", ("perturbation_rank",): 0}
+OPTIONAL = {("aggregation", "normalize"): "none", ("perturbation_rank",): 0, ("seed_pool",): 0}
 
 
 def canonical_map(spec: dict) -> dict:
@@ -444,6 +446,15 @@ def spec_from_canonical(data: bytes) -> tuple[dict, bytes]:
 def seed(swarm_id: bytes, machine: bytes, sample: int) -> int:
     assert 0 <= sample <= M64
     return blake2b64(SEED, swarm_id + struct.pack(">H", len(machine)) + machine + struct.pack("<Q", sample))
+
+
+def pool_index(swarm_id: bytes, machine: bytes, sample: int, k: int) -> int:
+    """5.2: the pool entry sample ``sample`` of ``machine`` probes, of K = k entries."""
+    return blake2b64(POOL_INDEX, swarm_id + struct.pack(">H", len(machine)) + machine + struct.pack("<Q", sample)) % k
+
+
+def pool_seed(swarm_id: bytes, step: int, k: int) -> int:
+    return blake2b64(POOL_SEED, swarm_id + struct.pack("<Q", step) + struct.pack("<I", k))
 
 
 def tensor_id(name: str) -> int:
@@ -695,6 +706,18 @@ def step_terms(spec: dict, swarm_id: bytes, records: list[Rec]) -> list[tuple[in
             values = [[g / s for g in vs] for vs in values]
     n = spec["samples_per_step"]
     out = []
+    if spec["seed_pool"] and records:  # 10.4, pooled swarms: one term per entry probed
+        k_size, step = spec["seed_pool"], records[0].step
+        rate = lr(spec["lr"], step)
+        sums: dict[int, float] = {}
+        for r, vs in zip(records, values):
+            for j, g in enumerate(vs):
+                k = pool_index(swarm_id, r.machine, r.step * n + j, k_size)
+                sums[k] = sums[k] + g if k in sums else g
+        for k in sorted(sums):
+            decay = f32(1.0 - rate * spec["weight_decay"]) if not out else 1.0
+            out.append((pool_seed(swarm_id, step, k), f32(-(rate * sums[k])), decay))
+        return out
     for r, vs in zip(records, values):
         rate = lr(spec["lr"], r.step)
         decay = f32(1.0 - rate * spec["weight_decay"])
