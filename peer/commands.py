@@ -340,7 +340,8 @@ def demo_table(result: dict):
     from rich import box
     from rich.table import Table
 
-    r, kb = result, lambda b: "n/a" if b is None else f"{b / 1000:.1f} KB/gradient"
+    r, kb = result, lambda b: ("n/a" if b is None else f"{b:,.0f} B/gradient" if b < 10_000
+                               else f"{b / 1000:.1f} KB/gradient")
     table = Table(title=f"seedswarm demo: {r['peers']} peers x {r['steps']} steps", box=box.SIMPLE_HEAD)
     table.add_column("", style="bold", max_width=20)
     table.add_column("result", max_width=30, overflow="fold")
@@ -353,10 +354,10 @@ def demo_table(result: dict):
          f"the {r['unseen_examples']} held-out words in templates never trained on"),
         ("gradients", f"{r['gradients']} x one byte", f"{r['peers']} peers x {r['steps']} steps"),
         ("payload", f"{r['payload_bytes_per_gradient']:.2f} B/gradient", "the quantized projected gradient"),
-        ("record", f"{r['record_bytes_per_gradient']:.1f} B/gradient", "msgpack record, 34-byte peer id included"),
+        ("record", f"{r['record_bytes_per_gradient']:.1f} B/gradient", "signed msgpack record: 38-byte machine id, 64-byte Ed25519 signature"),
         ("wire, whole run", kb(r["wire_bytes_per_gradient"]),
-         "TCP payload of all peers: DHT stores, RSA signatures, pushes, heartbeats; start-up included"),
-        ("wire, steady state", kb(r["wire_bytes_per_gradient_steady"]), "median step of each peer"),
+         "TCP payload of all peers: link frames, DHT upkeep, libp2p framing; start-up included"),
+        ("wire, steady state", kb(r["wire_bytes_per_gradient_steady"]), "middle half of each peer's steps"),
         ("replicas identical", "yes" if r["replicas_identical"] else "NO",
          f"weight digests of the {r['peers']} peers and of the evaluator's replay"),
         ("late records, heals", f"{r['late_records']}, {r['heals']}", "all peers"),
