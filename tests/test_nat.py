@@ -81,9 +81,12 @@ def test_peers_behind_separate_nats_train_through_relays_take_a_joiner_and_survi
         boots.append(boot2)
 
         # the tiny model seals a step every ~0.3 s, while re-dialing through another relay takes
-        # seconds: the widest late window (64 steps) lets records held up by that still count (at the
-        # seconds per step of real models, the default 8 covers it)
-        spec = dataclasses.replace(SwarmSpec.from_json((tiny_swarm / "spec.json").read_text()), late_window=64)
+        # seconds: the widest late window (64 steps) lets records held up by that still count, and
+        # a future window of 16 steps (5 s) the records of a peer that sealed a few steps at its
+        # round deadline while the others were cut off (at the seconds per step of real models,
+        # the defaults, 8 and 4 steps, cover both)
+        spec = dataclasses.replace(SwarmSpec.from_json((tiny_swarm / "spec.json").read_text()), late_window=64,
+                                   future_window=16)
         (tmp_path / "spec.json").write_text(spec.to_json())
 
         def peer(name: str, home: str, data: int, *extra: str) -> PeerProcess:
