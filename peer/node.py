@@ -296,7 +296,12 @@ class Node:
         elif isinstance(action, ServeRange):
             self._work(self._serve_range, action)
         elif isinstance(action, FetchCheckpoint):
-            asyncio.create_task(self._fetch_checkpoint(action))
+            # held in _tasks: the loop keeps only a weak reference to a task, and a download
+            # that waits on the network long enough is otherwise collected mid-way (the
+            # newcomer then never joins)
+            task = asyncio.create_task(self._fetch_checkpoint(action))
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
         elif isinstance(action, Log):
             self._core_log(action)
         elif isinstance(action, Fail):
