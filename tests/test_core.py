@@ -166,6 +166,35 @@ def test_a_peer_cut_off_from_the_peers_it_trains_with_waits_for_them_even_with_m
     assert max(s.step for s in d.of(Seal)) > sealed + 2 and d.logs("resumed")
 
 
+def test_a_peer_whose_neighbours_go_quiet_seals_no_further_than_their_future_window_takes():
+    """Its links stay up but no record comes through them (the neighbours' own links are
+    being re-dialed through another relay, or they wait for a slow author): every round ends at its deadline, and after one such round nobody else
+    is expected. It stops where its next record would be refused as too far ahead by most
+    neighbours, and goes on as soon as they show progress."""
+    d = training(2)
+    for p in PEERS[:2]:
+        d.feed(Received(p.machine, Status(0, Status.TRAINING, 0, 100)), 0.1)
+    for step in (0, 1):
+        for p in PEERS[:2]:
+            d.feed(Received(p.machine, Gossip((rec(p, step),))), 0.1)
+        d.feed(Tick(), 10)
+    for _ in range(12):  # two minutes of round deadlines; only their stale statuses come through
+        for p in PEERS[:2]:
+            d.feed(Received(p.machine, Status(0, Status.TRAINING, 0, 100)), 0.1)
+        d.feed(Tick(), 10)
+    # they showed records of step 1 (computed at horizon 0 or later, delay 1)
+    newest = max(r.step for r in d.of(Compute))
+    assert newest < 0 + SPEC.future_window, "computed records the neighbours refuse"
+    held = max(s.step for s in d.of(Seal))
+    assert held <= SPEC.future_window - SPEC.delay - 2 and d.logs("held_back")
+    for p in PEERS[:2]:  # they are through: their statuses say they sealed 3 steps
+        d.feed(Received(p.machine, Status(3, Status.TRAINING, 0, 100)), 0.1)
+    for _ in range(6):
+        d.feed(Tick(), 10)
+    assert max(s.step for s in d.of(Seal)) > held and d.logs("released")
+    assert max(s.step for s in d.of(Seal)) <= 3 + SPEC.future_window - SPEC.delay - 2
+
+
 def test_a_round_seals_as_soon_as_every_expected_author_is_in():
     d = training(2)
     for p in PEERS[:2]:

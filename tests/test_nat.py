@@ -81,12 +81,11 @@ def test_peers_behind_separate_nats_train_through_relays_take_a_joiner_and_survi
         boots.append(boot2)
 
         # the tiny model seals a step every ~0.3 s, while re-dialing through another relay takes
-        # seconds: the widest late window (64 steps) lets records held up by that still count, and
-        # a future window of 16 steps (5 s) the records of a peer that sealed a few steps at its
-        # round deadline while the others were cut off (at the seconds per step of real models,
-        # the defaults, 8 and 4 steps, cover both)
-        spec = dataclasses.replace(SwarmSpec.from_json((tiny_swarm / "spec.json").read_text()), late_window=64,
-                                   future_window=16)
+        # seconds: the widest late window (64 steps) lets records held up by that still count (at
+        # the seconds per step of real models, the default 8 steps cover it); the future window
+        # is the default 4 steps: a peer whose rounds end at deadlines while the others are cut
+        # off is held back within it (core: _seal_limit)
+        spec = dataclasses.replace(SwarmSpec.from_json((tiny_swarm / "spec.json").read_text()), late_window=64)
         (tmp_path / "spec.json").write_text(spec.to_json())
 
         def peer(name: str, home: str, data: int, *extra: str) -> PeerProcess:
@@ -153,9 +152,12 @@ def test_peers_behind_separate_nats_train_through_relays_take_a_joiner_and_survi
     for who in "ab":
         authored = sum(machines[who] in {r.machine for r in ledgers["a"].applicable(s)} for s in range(STEPS))
         assert authored >= 0.9 * STEPS, (who, authored)
-    after_join = range(joined[0]["step"], STEPS)
-    authored = sum(machines["c"] in {r.machine for r in ledgers["a"].applicable(s)} for s in after_join)
-    assert authored >= 0.9 * len(after_join), ("c", authored, len(after_join))
+    # the joiner trains with them: the relay it may be using dies 3 steps after it joined, and
+    # until it has re-dialed (seconds: tens of the tiny model's steps, more on a loaded machine)
+    # the others seal without its records, so its share is counted from 20 steps after that
+    settled = range(killed_at + 20, STEPS)
+    missed = [s for s in settled if machines["c"] not in {r.machine for r in ledgers["a"].applicable(s)}]
+    assert len(missed) <= 0.1 * len(settled), ("c", joined[0]["step"], killed_at, missed)
     # after the first relay died, each NATed peer was left with the other one
     for p in peers:
         relays = _wait_events(p, "relays", timeout=0)

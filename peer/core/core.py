@@ -234,6 +234,8 @@ class SwarmCore:
         self._statuses_seen = 0
         self._next_maintain = 0.0
         self._frontier_cache: tuple = (None, 0)
+        self._latest: dict[bytes, int] = {}        # machine -> the latest step of a record of it we took
+        self._held_back = False                    # sealing waits for the neighbours (see _seal_limit)
         if ledger is not None:  # a restart: what the ledger on disk tells about recent history
             for step in ledger.steps():
                 if step >= sealed - self._keep():
@@ -537,6 +539,8 @@ class SwarmCore:
         outcome = self.ledger.add(record)
         if outcome in (REDUNDANT, DUPLICATE):
             return None
+        if step > self._latest.get(record.machine, -1):
+            self._latest[record.machine] = step
         if outcome == EQUIVOCATION:
             self._refuse(record.machine, "equivocation")
             self.equivocators.setdefault(record.machine, step)
@@ -725,10 +729,45 @@ class SwarmCore:
                     self.phase = "sync"
                     self._sync(out)
                     return
+            limit = self._seal_limit()
+            if limit is not None and rnd.step > limit:
+                if not self._held_back:
+                    self._held_back = True
+                    out.append(Log("held_back", {"step": rnd.step, "limit": limit}))
+                return
+            if self._held_back:
+                self._held_back = False
+                out.append(Log("released", {"step": rnd.step}))
             if rnd.missing:
                 out.append(Log("round_deadline" if not moved_on else "moved_on",
                                {"step": rnd.step, "missing": len(rnd.missing)}))
             self._issue_seal(rnd.step, out)
+
+    def _seal_limit(self) -> int | None:
+        """The last step we may seal now so that our next record stays inside most neighbours'
+        future window, or None where no neighbour trains with us (then _enough_peers rules).
+
+        A neighbour refuses a record of step r once r >= its horizon + future_window, and that
+        record is then lost to it until a heal. A peer whose rounds end at deadlines (its
+        links to the others are being re-dialed, and after one such step it expects nobody
+        else) would otherwise seal at compute speed and every record it writes meanwhile
+        would be refused. A neighbour takes part if its status says it trains or it wrote a
+        record of the last steps; its progress is what its status says, or what its
+        records prove (a record of step r is computed at horizon r - delay or later); the
+        upper median of those is where most neighbours are, so a minority of slow or lying
+        neighbours cannot hold us back."""
+        delay = self.spec.delay
+        progress = []
+        for p, link in self.gossip.links.items():
+            latest = self._latest.get(p, -1)
+            if self.weight(p) > 0 and ((link.status is not None and link.status.training)
+                                       or latest >= self.horizon - 2):
+                progress.append(max(link.status.sealed if link.status is not None else 0, latest - delay))
+        progress.sort()
+        if not progress:
+            return None
+        # sealing step s lets us compute a record of step s + 1 + delay
+        return progress[len(progress) // 2] + self.spec.future_window - delay - 2
 
     def _issue_seal(self, step: int, out: list) -> None:
         out.append(Seal(step, tuple(self.ledger.at(step))))
@@ -740,7 +779,13 @@ class SwarmCore:
         self.step_time = seconds if not self.step_time else 0.7 * self.step_time + 0.3 * seconds
         if record.step < self.horizon or self.phase not in ("train", "barrier"):
             out.append(Log("stale_record", {"step": record.step, "sealed": self.horizon}))
-            return  # the swarm sealed that step without us: publishing it would only cause rebuilds
+            # the swarm sealed that step without us: publishing it would only cause rebuilds.
+            # Computing the next step in line would likely end the same way (we are a step or
+            # more behind: a newcomer's first compute, a slow moment): restart our pipeline
+            # where a record has a round of slack, as after catching up
+            if self.phase == "train":
+                self._first_own = max(self._first_own, self.horizon + self.spec.delay)
+            return
         if self.ledger.add(record) != NEW:
             return
         self.own[record.step] = record
@@ -774,6 +819,7 @@ class SwarmCore:
         steps = self.ledger.steps()
         if steps and steps[0] < low - 16:  # trimmed in batches
             self.ledger = Ledger(self.ledger.ordered(low))
+            self._latest = {m: step for m, step in self._latest.items() if step >= low}
 
     # ============================================================================= late records
     def _flush_late(self, out: list, force: bool = False) -> None:
@@ -1078,7 +1124,10 @@ class SwarmCore:
         """Catch up: fetch and seal the steps the swarm has sealed and we have not."""
         frontier = min(self._frontier(), self.cfg.target)
         if self.horizon >= frontier:
-            if self._range is None and not self._busy:
+            # joined once the replica has applied what it fetched, not when the seals are
+            # issued: a record computed behind dozens of queued catch-up seals would come out
+            # many steps late (the swarm goes on meanwhile; the next call fetches that too)
+            if self._range is None and not self._busy and self.sealed >= self.horizon:
                 self.phase = "barrier" if self.horizon == 0 else "train"
                 self._first_own = self.horizon + self.spec.delay
                 out.append(Log("joined", {"step": self.horizon}))
