@@ -261,6 +261,9 @@ class Progress:
             self._note(f"isolated at step {event['step']}: {event.get('reason', '')}; waiting and retrying "
                        "(no step is sealed alone)" if kind == "isolated" else
                        f"still waiting for peers: {event.get('reason', '')}; retrying")
+        elif kind == "held_back":
+            self._note(f"holding step {event['step']}: most neighbours are behind (it may seal up to step "
+                       f"{event['limit']}); sealing on would write records they refuse as too far ahead")
         elif kind == "relays":
             self._note(f"relays: connected to {len(event['connected'])} of {event['of']} "
                        f"({', '.join(event['connected']) or 'none: peers behind NAT cannot reach this one now'})")

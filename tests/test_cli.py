@@ -195,3 +195,13 @@ def test_a_members_only_swarm_from_the_command_line(capsys, tmp_path):
         main(["members", "ticket", "--authority", str(tmp_path / "member.key"), "--swarm-spec",
               str(tmp_path / "spec.json"), "--peer-id", peer_id])
     assert "not this swarm's authority" in capsys.readouterr().err
+
+
+def test_a_peer_says_why_it_holds_a_step_for_its_neighbours(capsys):
+    from seedswarm.peer.commands import Progress
+
+    progress = Progress(steps=10)
+    progress({"event": "held_back", "step": 7, "limit": 6})
+    progress.close()
+    out = capsys.readouterr()
+    assert "holding step 7" in out.out + out.err and "too far ahead" in out.out + out.err

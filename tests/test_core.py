@@ -465,6 +465,47 @@ def test_a_replay_joiner_seals_what_its_range_reply_holds():
     assert d.logs("joined")
 
 
+def test_a_joiner_holds_the_records_pushed_while_it_catches_up_and_seals_with_them_on_arrival():
+    """While it fetches the sealed steps by range, the swarm pushes it the records of the steps
+    being collected, far ahead of its window. Refused, they would reach it no other way: it
+    would wait a round deadline for them and fall behind again. Held aside (only up to where
+    most neighbours are + the future window), they are admitted as its window reaches them."""
+    d = Driver(core(join_by="replay", target=30))
+    d.feed(PeersFound(tuple(p.machine for p in PEERS[:2])))
+    for p in PEERS[:2]:
+        d.link(p, 20)
+    d.feed(Tick(), 0.1)
+    pushed = [rec(p, s) for s in (20, 21) for p in PEERS[:2]]
+    beyond = rec(PEERS[0], 20 + SPEC.future_window)  # past where the swarm is: refused as before
+    for p in PEERS[:2]:
+        d.feed(Received(p.machine, Gossip(tuple(r for r in pushed if r.machine == p.machine) + (
+            (beyond,) if p is PEERS[0] else ()))), 0.1)
+    assert d.core.reasons["too far ahead"] == 1 and d.core.rejects_of[PEERS[0].machine] == 1
+    ask = next(a for a in d.of(Send) if isinstance(a.message, RangeRequest))
+    sealed = tuple(rec(p, s) for s in range(20) for p in PEERS[:2])
+    d.feed(Received(ask.peer, RangeReply(0, 20, False, sealed)), 0.1)
+    assert d.logs("joined") and d.core.horizon >= 20
+    assert all(d.core.ledger.has(r.rid) for r in pushed) and not d.core.ledger.has(beyond.rid)
+    d.feed(Tick(), 0.1)  # its own record of step 21 (20 + delay) is not due at 20: step 20 seals at once
+    seal = next(s for s in d.of(Seal) if s.step == 20)
+    assert {r.machine for r in seal.records} == {p.machine for p in PEERS[:2]}
+    assert not d.logs("round_deadline")
+
+
+def test_a_range_request_whose_link_went_down_is_asked_again_at_once():
+    from seedswarm.peer.core.events import LinkDown
+    d = Driver(core(join_by="replay", target=30))
+    d.feed(PeersFound(tuple(p.machine for p in PEERS[:3])))
+    for p in PEERS[:3]:
+        d.link(p, 20)
+    d.feed(Tick(), 0.1)
+    first = next(a for a in d.of(Send) if isinstance(a.message, RangeRequest))
+    d.feed(LinkDown(first.peer), 0.1)
+    d.feed(Tick(), 0.1)  # long before the range timeout
+    asks = [a for a in d.of(Send) if isinstance(a.message, RangeRequest)]
+    assert len(asks) == 2 and asks[1].peer != first.peer and asks[1].message.first == 0
+
+
 @pytest.mark.parametrize("bad", ["signature", "outside"])
 def test_a_range_reply_with_bad_records_is_not_believed(bad):
     d = Driver(core(join_by="replay", target=5))

@@ -41,6 +41,7 @@ Records that are valid but untimely count against their author, never the neighb
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable
@@ -110,6 +111,7 @@ class CoreConfig:
     max_rejects: int = 32          # refused inputs a neighbour could have checked, before it is dropped
     ban_seconds: float = 600.0
     max_known: int = 1024          # members remembered for dialing
+    ahead_cap: int = 2048          # records held aside while catching up (see _hold_ahead)
     needs_peers: str = ""          # why this replica may not start alone (its history must be repaired
                                    # from peers); empty: it may be the first peer of a swarm
 
@@ -236,6 +238,7 @@ class SwarmCore:
         self._frontier_cache: tuple = (None, 0)
         self._latest: dict[bytes, int] = {}        # machine -> the latest step of a record of it we took
         self._held_back = False                    # sealing waits for the neighbours (see _seal_limit)
+        self._ahead: dict[bytes, tuple[Record, bytes]] = {}  # rid -> (record, neighbour): see _hold_ahead
         if ledger is not None:  # a restart: what the ledger on disk tells about recent history
             for step in ledger.steps():
                 if step >= sealed - self._keep():
@@ -335,6 +338,8 @@ class SwarmCore:
         self._closing.discard(peer)
         self.gossip.drop_link(peer)
         self._dialing.pop(peer, None)
+        if self._range is not None and self._range.peer == peer:
+            self._range.deadline = -math.inf  # its reply went with the link: retry now, not at the timeout
 
     def _disconnect(self, peer: bytes, out: list) -> None:
         """We close this link (its LinkDown says nothing about the peer's health)."""
@@ -477,7 +482,8 @@ class SwarmCore:
             self._disconnect(peer, out)
 
     def _holds(self, rid: bytes) -> bool:
-        return self.gossip.step_of(rid) is not None
+        """Admitted, or held aside until our window reaches it (nothing to ask anyone for)."""
+        return self.gossip.step_of(rid) is not None or rid in self._ahead
 
     def _by_rid(self, rid: bytes) -> Record | None:
         return self.ledger.get(rid)
@@ -506,8 +512,12 @@ class SwarmCore:
             rid = record.rid
             if peer is not None:
                 self.gossip.mark_known(peer, rid)
-            if self._holds(rid):
+            if self.gossip.step_of(rid) is not None:
                 continue
+            if rid in self._ahead:
+                if fetched is None:
+                    continue
+                del self._ahead[rid]  # a source sealed it: admitted with its step, now
             outcome = self._admit(record, peer, fetched, out)
             if outcome is None:
                 continue
@@ -524,7 +534,8 @@ class SwarmCore:
                 return None  # sealed meanwhile: nothing to do with it
         else:
             if step >= self.horizon + self.spec.future_window:
-                self._refuse(record.machine, "too far ahead")
+                if peer is None or not self._hold_ahead(record, peer, out):
+                    self._refuse(record.machine, "too far ahead")
                 return None
             if step < self.horizon - self.spec.late_window or step < self.floor:
                 self._refuse(record.machine, "too late")
@@ -549,6 +560,36 @@ class SwarmCore:
             self._late.append(record)
             self.late_by[record.machine] += 1
         return outcome
+
+    def _hold_ahead(self, record: Record, peer: bytes, out: list) -> bool:
+        """Hold aside a record ahead of our future window while we are behind the swarm (True:
+        held, or already judged). A peer catching up by range fetches only what its sources
+        have sealed; the records of the steps the swarm is collecting were pushed to it
+        meanwhile and, refused, would reach it no other way: on arrival where the swarm is, it
+        would wait a round deadline for them, fall behind again and catch up again, round after
+        round. Only records of steps below where most neighbours are (the lower median of their
+        sealed counts) + future_window, verified, at most ``ahead_cap``: a liar can neither
+        choose what is held nor make it grow. They are admitted as our horizon reaches them."""
+        if record.rid in self._ahead:
+            return True
+        reach = max(self.horizon, self._frontier()) + self.spec.future_window
+        if record.step >= reach or len(self._ahead) >= self.cfg.ahead_cap:
+            return False
+        try:
+            self._verify(self.spec, record)
+        except ProtocolError as exc:
+            self._blame(peer, f"inadmissible record ({exc})", out)
+            return True
+        self._ahead[record.rid] = (record, peer)
+        return True
+
+    def _release_ahead(self, out: list) -> None:
+        """Submit the held records that our window now reaches to admission again."""
+        limit = self.horizon + self.spec.future_window
+        ready = sorted((r for r, _ in self._ahead.values() if r.step < limit), key=lambda r: r.step)
+        for record in ready:
+            _, peer = self._ahead.pop(record.rid)
+            self._records(peer if peer in self.gossip.links else None, [record], out)
 
     # ===================================================================================== votes
     def _votes(self, peer: bytes, votes, out: list) -> None:
@@ -642,7 +683,7 @@ class SwarmCore:
         fresh = not expected  # no history yet (a new swarm): every linked peer will train
         expected |= {p for p, link in self.gossip.links.items()  # (a status is a claim: standing first)
                      if link.status is not None and (fresh or (link.status.training and self.standing(p) > 0))}
-        if self.cfg.training:
+        if self.cfg.training and step >= self._first_own:  # (just caught up: not before _first_own)
             expected.add(self.me)
         expected -= self.departed.keys()
         expected -= self.equivocators.keys()
@@ -785,6 +826,8 @@ class SwarmCore:
             # where a record has a round of slack, as after catching up
             if self.phase == "train":
                 self._first_own = max(self._first_own, self.horizon + self.spec.delay)
+                if self.round is not None and self.round.step < self._first_own:
+                    self.round.missing.discard(self.me)  # not waited for: it will not come
             return
         if self.ledger.add(record) != NEW:
             return
@@ -1275,6 +1318,8 @@ class SwarmCore:
             self._sync(out)
         if self.phase == "barrier":
             self._barrier(out)
+        if self._ahead:
+            self._release_ahead(out)
         if self.phase == "train":
             frontier = self._frontier()
             if frontier > self.horizon + 1 + self.spec.delay and not self._busy:
