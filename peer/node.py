@@ -84,7 +84,7 @@ class Node:
         self.wire: tuple[int, int] | None = None
         self._events: asyncio.Queue | None = None
         self._done: asyncio.Future | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedswarm-tensors")
         self._log = None
         self._started = False
@@ -177,8 +177,8 @@ class Node:
         self._event("started", peer_id=str(self.identity.peer_id), swarm_id=self.swarm.hex(), maddrs=self.dht.maddrs(),
                     step=opened.sealed, resumed=cfg.resume, reach="private" if self.reach.private else "public",
                     reach_reason=self.reach.reason, relays=list(self.reach.relays))
-        self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._ticker()),
-                       asyncio.create_task(self._dht_loop())]
+        self._tasks = {asyncio.create_task(self._pump()), asyncio.create_task(self._ticker()),
+                       asyncio.create_task(self._dht_loop())}
 
     async def _resolve_spec(self) -> SwarmSpec:
         cfg = self.config
@@ -300,8 +300,8 @@ class Node:
             # that waits on the network long enough is otherwise collected mid-way (the
             # newcomer then never joins)
             task = asyncio.create_task(self._fetch_checkpoint(action))
-            self._tasks.append(task)
-            task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         elif isinstance(action, Log):
             self._core_log(action)
         elif isinstance(action, Fail):
@@ -578,9 +578,10 @@ class Node:
                     self.links.send(action.peer, action.message)
         if self.links is not None:
             await self.links.close()
-        for task in self._tasks:
+        tasks = list(self._tasks)  # (a task's done callback leaves the set)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self._started:
