@@ -101,6 +101,15 @@ class Ledger:
                 out[machine] = step
         return out
 
+    def authors(self, step: int) -> set[bytes]:
+        """The machines whose record applies at ``step`` (the machines of ``applicable(step)``,
+        without sorting: the swarm core asks this on every event)."""
+        return {m for m in self._steps.get(step, ()) if len(self._slots[(step, m)]) == 1}
+
+    def applies(self, step: int, machine: bytes) -> bool:
+        """``machine`` has a record that applies at ``step``."""
+        return len(self._slots.get((step, machine), ())) == 1
+
     def applicable(self, step: int) -> list[Record]:
         """The records applied at ``step``, in canonical order."""
         cached = self._applicable.get(step)

@@ -188,6 +188,7 @@ class SwarmCore:
         self.computing: int | None = None
         self.step_time = 0.0                       # our compute seconds per step (moving average)
         self._arrivals: deque[float] = deque(maxlen=256)  # seconds after its round's start a record came
+        self._p95: float | None = None  # ... their 95th percentile (None: to recompute)
         self._round_starts: dict[int, tuple[float, frozenset]] = {}  # step -> (start, authors expected then)
         self._late: list[Record] = []
         self._last_rebuild = -(1 << 30)             # horizon at the last late-record rebuild
@@ -461,7 +462,7 @@ class SwarmCore:
             if (msg.training and rnd is not None and peer not in rnd.expected and msg.sealed + 2 >= rnd.step
                     and (rnd.fresh or self.standing(peer) > 0) and peer not in self.equivocators and self._left_of.get(peer, rnd.step + 1) > rnd.step):
                 rnd.expected.add(peer)  # a neighbour that started training: expect its record
-                if not any(r.machine == peer for r in self.ledger.applicable(rnd.step)):
+                if not self.ledger.applies(rnd.step, peer):
                     rnd.missing.add(peer)
         elif isinstance(msg, RangeRequest):
             self._serve_range(peer, msg, out)
@@ -679,7 +680,7 @@ class SwarmCore:
         """Expected authors: those applied at the last step, neighbours that say they train, and
         ourselves (an author whose record of the last step comes late is expected again as it
         arrives, see _round_saw; one that crashed costs one deadline, not two)."""
-        expected = {r.machine for r in self.ledger.applicable(step - 1)} if step > 0 else set()
+        expected = self.ledger.authors(step - 1) if step > 0 else set()
         fresh = not expected  # no history yet (a new swarm): every linked peer will train
         expected |= {p for p, link in self.gossip.links.items()  # (a status is a claim: standing first)
                      if link.status is not None and (fresh or (link.status.training and self.standing(p) > 0))}
@@ -688,10 +689,10 @@ class SwarmCore:
         expected -= self.departed.keys()
         expected -= self.equivocators.keys()
         expected -= {m for m, left in self._left_of.items() if left <= step}
-        present = {r.machine for r in self.ledger.applicable(step)}
+        present = self.ledger.authors(step)
         ahead: set[bytes] = set()
         for s in range(step + 1 + self.spec.delay, self.horizon + self.spec.future_window + 1):
-            ahead |= {r.machine for r in self.ledger.applicable(s)}
+            ahead |= self.ledger.authors(s)
         self.round = _Round(step, self.now, expected, expected - present, ahead & expected, fresh)
         self._round_starts[step] = (self.now, frozenset(expected))
         for old in [s for s in self._round_starts if s < step - self.spec.late_window]:
@@ -707,6 +708,7 @@ class SwarmCore:
             # late ones included (so a slow author is waited for); what a range fetch brings, a
             # record more than a step late, or a newcomer's first record says nothing about that
             self._arrivals.append(max(0.0, self.now - started[0]))
+            self._p95 = None
         left = self._left_of.get(record.machine)
         if left is not None and record.step >= left:  # a departure notice was wrong (or it is back)
             del self._left_of[record.machine]
@@ -729,15 +731,16 @@ class SwarmCore:
               and self._left_of.get(record.machine, rnd.step + 1) > rnd.step):
             # a late author is alive: wait for it this round too
             rnd.expected.add(record.machine)
-            if not any(r.machine == record.machine for r in self.ledger.applicable(rnd.step)):
+            if not self.ledger.applies(rnd.step, record.machine):
                 rnd.missing.add(record.machine)
 
     def _round_wait(self) -> float:
         if len(self._arrivals) < 16:
             return max(self.cfg.first_wait, 2.0 * self.step_time + 0.25)
-        ordered = sorted(self._arrivals)
-        p95 = ordered[int(0.95 * (len(ordered) - 1))]
-        return min(max(1.5 * p95 + 0.25, self.cfg.min_wait), self.cfg.max_wait)
+        if self._p95 is None:  # (asked on every event: sorted once per new arrival)
+            ordered = sorted(self._arrivals)
+            self._p95 = ordered[int(0.95 * (len(ordered) - 1))]
+        return min(max(1.5 * self._p95 + 0.25, self.cfg.min_wait), self.cfg.max_wait)
 
     def _maybe_compute(self, out: list) -> None:
         if not self.cfg.training or self.computing is not None:
@@ -1198,11 +1201,16 @@ class SwarmCore:
         ``alone_after`` seconds (they may have crashed). Below that it says so once and waits
         (records that arrive meanwhile are kept); a neighbour catching up counts again as
         soon as it trains."""
-        authors = {}  # step -> authors, over the late window (older records no longer count anyway)
-        for step in range(max(0, self.horizon - max(1, self.spec.late_window)), self.horizon + self.spec.delay + 2):
-            authors[step] = {r.machine for r in self.ledger.applicable(step)} - self.departed.keys() - {self.me}
-        recent = set().union(*(a for s, a in authors.items() if s >= self.horizon - 1))
-        cut_off = not self.gossip.links and any(authors.values())
+        def authors(step: int) -> set[bytes]:
+            return self.ledger.authors(step) - self.departed.keys() - {self.me}
+
+        def recent() -> set[bytes]:  # authors of the last sealed step up to the next ones
+            return set().union(*(authors(s) for s in range(max(0, self.horizon - 1), self.horizon + self.spec.delay + 2)))
+
+        # cut off: no link left, and others wrote records over the late window (older ones no
+        # longer count anyway); only looked at while linkless: this runs on every event
+        cut_off = not self.gossip.links and any(
+            authors(s) for s in range(max(0, self.horizon - max(1, self.spec.late_window)), self.horizon + self.spec.delay + 2))
         if cut_off and self._cut_since is None:
             self._cut_since = self.now
         elif not cut_off:
@@ -1210,21 +1218,24 @@ class SwarmCore:
         if self.cfg.min_peers <= 1 and cut_off and self.now - self._cut_since >= self.cfg.alone_after:
             cut_off = False
         # a status is a claim anyone can make: only neighbours with standing count by it
-        taking_part = {p for p, link in self.gossip.links.items()
-                       if link.status is not None and (link.status.training or self.horizon == 0)
-                       and (self.horizon == 0 or self.standing(p) > 0)}
-        taking_part |= recent | {self.me}
-        taking_part -= self.departed.keys()
+        def takes_part(p: bytes, link) -> bool:
+            return (link.status is not None and (link.status.training or self.horizon == 0)
+                    and (self.horizon == 0 or self.standing(p) > 0) and p not in self.departed)
+
+        def taking_part() -> set[bytes]:  # (O(N) in the record authors: only for the decision or a log line)
+            return {p for p, link in self.gossip.links.items() if takes_part(p, link)} | recent() | {self.me}
+
         need = min(self.cfg.min_peers, 2)
-        enough = len(taking_part) >= need and not cut_off
+        others = need <= 1 or any(takes_part(p, link) for p, link in self.gossip.links.items()) or bool(recent())
+        enough = others and not cut_off
         if enough != self._enough:
             self._enough = enough
             if enough:
-                out.append(Log("resumed", {"step": self.horizon, "peers": len(taking_part)}))
+                out.append(Log("resumed", {"step": self.horizon, "peers": len(taking_part())}))
             else:
                 reason = ("lost every link to the peers training with it; waiting for them (re-dialing)" if cut_off
                           else "no other peer takes part; waiting for them")
-                out.append(Log("isolated", {"step": self.horizon, "peers": len(taking_part), "need": need,
+                out.append(Log("isolated", {"step": self.horizon, "peers": len(taking_part()), "need": need,
                                             "neighbours": len(self.gossip.links), "reason": reason}))
         if not enough and self.round is not None and self.round.step == self.horizon:
             self.round.started = self.now  # the round's wait starts when peers are back
