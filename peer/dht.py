@@ -30,8 +30,9 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils import MSGPackSerializer, get_dht_time
 
-from ..protocol.directory import (BUCKET_CAP, DIRECTORY_KEY, MEMBER_BUCKETS, Announcement, Entry, MemberInfo, decode_entry,
-                                  encode_entry, entry_key, member_bucket, member_key, spec_key)
+from ..protocol.directory import (ANNOUNCERS, BUCKET_CAP, DIRECTORY_KEY, MEMBER_BUCKETS, SPEC_COPIES, Announcement, Entry,
+                                  MemberInfo, decode_entry, encode_entry, entry_key, few_enough, member_bucket, member_key,
+                                  spec_key)
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import DHT_DOMAIN, SIGNATURE_BYTES, Signer, check_machine_id, verify_by
 from ..protocol.spec import SwarmSpec
@@ -242,8 +243,19 @@ class SwarmDHT:
         return out
 
     # --- swarm-level operations -----------------------------------------------------------
+    async def _store_few(self, key: str, value: bytes, ttl: float, cap: int, counts) -> bool:
+        """Our entry under a key every member could write, only where ``few_enough`` allows
+        (``counts(entry)``: whether another's entry counts toward the cap)."""
+        present = [o for o, e in (await self.aentries([key], latest=False))[key] if counts(e)]
+        if not few_enough(self.signer.machine, present, cap):
+            return False
+        return await self.astore(key, value, ttl)
+
     async def publish_spec(self, spec: SwarmSpec, ttl: float = 900.0) -> bool:
-        return await self.astore(spec_key(spec.swarm_id), encode_entry("spec", spec.swarm_id, spec), ttl)
+        """Keep the spec findable by id: at most SPEC_COPIES peers hold a copy (few_enough)."""
+        swarm = spec.swarm_id
+        return await self._store_few(spec_key(swarm), encode_entry("spec", swarm, spec), ttl, SPEC_COPIES,
+                                     lambda e: e.kind == "spec" and e.swarm == swarm)
 
     async def fetch_spec(self, swarm: bytes) -> SwarmSpec | None:
         for _, entry in (await self.aentries([spec_key(swarm)]))[spec_key(swarm)]:
@@ -268,7 +280,9 @@ class SwarmDHT:
         return await self.astore(key, encode_entry("member", swarm, info), ttl)
 
     async def announce(self, swarm: bytes, ann: Announcement, ttl: float = 60.0) -> bool:
-        return await self.astore(DIRECTORY_KEY, encode_entry("swarm", swarm, ann), ttl)
+        """Announce the swarm in the directory every swarm shares: at most ANNOUNCERS peers per swarm."""
+        return await self._store_few(DIRECTORY_KEY, encode_entry("swarm", swarm, ann), ttl, ANNOUNCERS,
+                                     lambda e: e.kind == "swarm" and e.swarm == swarm)
 
     async def directory(self) -> dict[bytes, Announcement]:
         found = (await self.aentries([DIRECTORY_KEY]))[DIRECTORY_KEY]

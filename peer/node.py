@@ -173,7 +173,8 @@ class Node:
                            on_path=lambda peer, via: self._event("link", peer=str(PeerID(peer)), via=via))
         await self.links.start()
         await self.p2p.add_binary_stream_handler(checkpoint_protocol(self.swarm), self._serve_checkpoint)
-        await self.dht.publish_spec(self.spec)
+        if not self.config.initial_peers:  # a new swarm's first peer (the others publish from _dht_loop)
+            await self.dht.publish_spec(self.spec)
         self._event("started", peer_id=str(self.identity.peer_id), swarm_id=self.swarm.hex(), maddrs=self.dht.maddrs(),
                     step=opened.sealed, resumed=cfg.resume, reach="private" if self.reach.private else "public",
                     reach_reason=self.reach.reason, relays=list(self.reach.relays))
@@ -437,6 +438,9 @@ class Node:
         seen: set[bytes] = set()
         discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
         registered_step, last_register, next_unreachable_note = -1, 0.0, loop.time() + 20.0
+        # peers that start together write the keys every member could write (spec, directory)
+        # at different seconds: each reads before it writes, so few race past the cap
+        offset = rng.randrange(10) if cfg.initial_peers else 0
         while True:
             try:
                 now = loop.time()
@@ -466,9 +470,9 @@ class Node:
                     discover_every = (1.0 if new and lacking else min(2 * discover_every, 60.0) if lacking
                                       else 60.0)
                     next_discovery = now + discover_every
-                if rounds % 100 == 0:
+                if rounds % 100 == offset:
                     await self.dht.publish_spec(self.spec)
-                if cfg.announce and rounds % 30 == 0 and self._represents():
+                if cfg.announce and rounds % 30 == offset and self._represents():
                     await self.dht.announce(swarm, Announcement(self.spec.name[:200], self.spec.model.id[:200],
                                                                 self.spec.task.kind[:200], self.core.sealed,
                                                                 1 + len(self.core.gossip.links)))
@@ -499,7 +503,8 @@ class Node:
         return self.addrs_of.get(machine, [])
 
     def _represents(self) -> bool:
-        """A few peers per swarm announce it: those whose id is among the 3 smallest they know."""
+        """A few peers per swarm announce it: those whose id is among the 3 smallest they know
+        (and the directory keeps at most ANNOUNCERS of them, SwarmDHT.announce)."""
         known = sorted([self.machine, *self.core.gossip.links])
         return self.machine in known[:3]
 

@@ -8,13 +8,14 @@ the swarm: records travel over links (messages.py). Every value is the canonical
 stored under a subkey only its owner can write (the DHT adapter signs it with the owner's
 Ed25519 key, peer/dht.py):
 
-    seedswarm/2/<swarm hex>/spec           kind "spec":   the canonical spec bytes
+    seedswarm/2/<swarm hex>/spec           kind "spec":   the canonical spec bytes, by at most
+                                           SPEC_COPIES peers (see ``few_enough``)
     seedswarm/2/<swarm hex>/members/<b>    kind "member": a MemberInfo map; b = the first byte of
                                            SHA-256(machine id) mod MEMBER_BUCKETS, and a peer
                                            registers only while its bucket holds fewer than
                                            BUCKET_CAP live entries
-    seedswarm/2/swarms                     kind "swarm":  an Announcement map, by at most a few
-                                           peers per swarm
+    seedswarm/2/swarms                     kind "swarm":  an Announcement map, by at most
+                                           ANNOUNCERS peers per swarm
 
 Decoders raise only ProtocolError.
 """
@@ -34,6 +35,8 @@ MAGIC = "ss2"
 MAX_ENTRY_BYTES = MAX_SPEC_BYTES + 256
 MEMBER_BUCKETS = 64
 BUCKET_CAP = 16
+SPEC_COPIES = 4           # peers that keep the spec entry of a swarm alive ...
+ANNOUNCERS = 3            # ... and that announce the swarm in the directory
 STATUSES = ("starting", "waiting", "syncing", "training", "finishing", "done", "leaving", "isolated")
 REACH = ("unknown", "public", "relayed", "private")
 MAX_MEMBER_ADDRS = 4      # member.addrs: at most this many multiaddrs ...
@@ -51,6 +54,17 @@ def member_key(swarm: bytes, bucket: int) -> str:
 
 def member_bucket(machine: bytes) -> int:
     return hashlib.sha256(machine).digest()[0] % MEMBER_BUCKETS
+
+
+def few_enough(me: bytes, others, cap: int) -> bool:
+    """Whether ``me`` may (re)write its entry under a key every member could write (the spec,
+    the directory) where ``others`` hold entries already: while fewer than ``cap`` do, or when
+    ``me`` is among the ``cap`` smallest machine ids of them and ``me`` (so that peers that
+    raced past the cap stop refreshing, and the smallest keep it). Every peer would otherwise
+    write its own copy, and the value would grow with the swarm: 743-byte spec entries reach
+    hivemind's value limit at about 60 peers."""
+    others = sorted(set(others) - {me})
+    return len(others) < cap or me < others[cap - 1]
 
 
 DIRECTORY_KEY = "seedswarm/2/swarms"

@@ -837,3 +837,18 @@ def test_redescend_counts_a_gradient_beyond_the_bound_less_the_further_out_it_is
         assert out[r.machine] == [v if abs(v) <= bound else math.copysign(bound * bound / abs(v), v)
                                   for v in r.values(64.0)]
     assert all(abs(g) <= bound for gs in out.values() for g in gs)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=3), max_size=40), st.binary(min_size=1, max_size=3))
+def test_keys_every_member_could_write_keep_a_bounded_number_of_writers(ids, me):
+    """The spec key and the directory: a peer writes while fewer than `cap` others hold an
+    entry, or when it is among the `cap` smallest ids; whatever order peers come in, the
+    writers that keep refreshing once they all see each other are exactly the `cap` smallest."""
+    from seedswarm.protocol.directory import few_enough
+
+    cap = 4
+    others = set(ids) - {me}
+    assert few_enough(me, ids, cap) == (len(others) < cap or sorted(others | {me}).index(me) < cap)
+    everyone = sorted(others | {me})
+    keep = [m for m in everyone if few_enough(m, everyone, cap)]
+    assert keep == everyone[:cap]
