@@ -438,9 +438,10 @@ class Node:
         seen: set[bytes] = set()
         discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
         registered_step, last_register, next_unreachable_note = -1, 0.0, loop.time() + 20.0
-        # peers that start together write the keys every member could write (spec, directory)
-        # at different seconds: each reads before it writes, so few race past the cap
-        offset = rng.randrange(10) if cfg.initial_peers else 0
+        # peers that start together write the keys every member could write (the spec, and the
+        # directory where they represent the swarm) at different seconds: each reads before it
+        # writes, so few race past the cap (SwarmDHT._store_few)
+        spec_at, announce_at = (rng.randrange(10), rng.randrange(3)) if cfg.initial_peers else (0, 0)
         while True:
             try:
                 now = loop.time()
@@ -470,9 +471,9 @@ class Node:
                     discover_every = (1.0 if new and lacking else min(2 * discover_every, 60.0) if lacking
                                       else 60.0)
                     next_discovery = now + discover_every
-                if rounds % 100 == offset:
+                if rounds % 100 == spec_at:
                     await self.dht.publish_spec(self.spec)
-                if cfg.announce and rounds % 30 == offset and self._represents():
+                if cfg.announce and rounds % 30 == announce_at and self._represents():
                     await self.dht.announce(swarm, Announcement(self.spec.name[:200], self.spec.model.id[:200],
                                                                 self.spec.task.kind[:200], self.core.sealed,
                                                                 1 + len(self.core.gossip.links)))
