@@ -240,6 +240,7 @@ class SwarmCore:
         self._latest: dict[bytes, int] = {}        # machine -> the latest step of a record of it we took
         self._held_back = False                    # sealing waits for the neighbours (see _seal_limit)
         self._ahead: dict[bytes, tuple[Record, bytes]] = {}  # rid -> (record, neighbour): see _hold_ahead
+        self._ahead_low: float = math.inf  # the lowest step held there (a lower bound)
         if ledger is not None:  # a restart: what the ledger on disk tells about recent history
             for step in ledger.steps():
                 if step >= sealed - self._keep():
@@ -582,15 +583,19 @@ class SwarmCore:
             self._blame(peer, f"inadmissible record ({exc})", out)
             return True
         self._ahead[record.rid] = (record, peer)
+        self._ahead_low = min(self._ahead_low, record.step)
         return True
 
     def _release_ahead(self, out: list) -> None:
         """Submit the held records that our window now reaches to admission again."""
         limit = self.horizon + self.spec.future_window
+        if self._ahead_low >= limit:
+            return  # (asked on every event while records are held: no scan until one is due)
         ready = sorted((r for r, _ in self._ahead.values() if r.step < limit), key=lambda r: r.step)
         for record in ready:
             _, peer = self._ahead.pop(record.rid)
             self._records(peer if peer in self.gossip.links else None, [record], out)
+        self._ahead_low = min((r.step for r, _ in self._ahead.values()), default=math.inf)
 
     # ===================================================================================== votes
     def _votes(self, peer: bytes, votes, out: list) -> None:
