@@ -207,6 +207,9 @@ class Simulation:
         self.rendezvous: list[bytes] = []   # the DHT's member entries (bounded sample served)
         self.joins = 0
         self.leaves = 0
+        self.traffic: Counter = Counter()       # simulated second -> messages honest peers sent ...
+        self.traffic_bytes: Counter = Counter()  # ... and their bytes, frame headers included
+        self.seal_times: dict[int, list[float]] = {}  # step -> when each replica sealed it
 
     # --- shared verification (the real peer checks each record once too) -------------------------
     def _check(self, spec: SwarmSpec, record: Record) -> Record:
@@ -371,6 +374,10 @@ class Simulation:
         size = self._size(message)
         peer.sent_msgs += 1
         peer.sent_bytes += size
+        if not peer.behaviour.hostile:
+            second = int(self.now)
+            self.traffic[second] += 1
+            self.traffic_bytes[second] += size
         if self.rng.random() < self.net.loss:
             return
         if isinstance(message, bytes):  # a malformed frame
@@ -412,6 +419,7 @@ class Simulation:
         if not peer.alive:
             return
         state = peer.replica.seal(step, records)
+        self.seal_times.setdefault(step, []).append(self.now)
         if step in peer.record_ready_at:
             peer.seal_latency.append((step, self.now - peer.record_ready_at.pop(step)))
         digest = state if (step + 1) % self.spec.digest_every == 0 or step + 1 == peer.core.cfg.target else None
@@ -627,4 +635,32 @@ def measure(sim: Simulation, sc: Scenario) -> dict:
         "simulated_s": round(sim.now, 1),
         "heals": sum(p.core.heals for p in everyone),
         "late_records": sum(p.core.late_applied for p in everyone),
+        **steady_state(sim, sc, everyone),
+    }
+
+
+def steady_state(sim: Simulation, sc: Scenario, everyone: list[SimPeer], warm: int = 3) -> dict:
+    """The same figures while the swarm trains, as a long run would see them: from the moment
+    most replicas sealed step ``warm`` to the moment most sealed the last step. A short run's
+    whole-run figures also carry its start (a new swarm waits for everyone's first records)
+    and its end (peers wait up to finish_timeout for their neighbours' final votes, and late
+    joiners catch up): at N = 1,000 and 10 steps that end was half of the simulated time."""
+    last = sc.steps - 1
+    if last - warm < 2 or warm not in sim.seal_times or last not in sim.seal_times:
+        return {}
+    start, end = (statistics.median(sim.seal_times[s]) for s in (warm, last))
+    seconds = range(math.ceil(start), math.floor(end))
+    if len(seconds) < 1:
+        return {}
+    middle = (seconds.start + seconds.stop) / 2
+    live = sum(1 for p in everyone if p.joined_at <= middle and (p.left_at is None or p.left_at > middle))
+    steps = (len(seconds) / (end - start)) * (last - warm)  # the steps the whole seconds cover
+    seal = [x for p in everyone for step, x in p.seal_latency if warm < step <= last]
+    return {
+        "steady_steps": [warm, last],
+        "steady_step_s": round((end - start) / (last - warm), 3),
+        "steady_msgs_per_peer_step": round(sum(sim.traffic[t] for t in seconds) / (live * steps), 2),
+        "steady_bytes_per_peer_step": round(sum(sim.traffic_bytes[t] for t in seconds) / (live * steps), 1),
+        "steady_seal_p50_s": round(percentile(seal, 0.5), 3),
+        "steady_seal_p99_s": round(percentile(seal, 0.99), 3),
     }

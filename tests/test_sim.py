@@ -27,6 +27,21 @@ def test_the_same_seed_gives_the_same_run():
     assert other["bytes_per_peer_step"] != ma["bytes_per_peer_step"]
 
 
+def test_steady_state_figures_cover_the_steps_between_the_start_and_the_end():
+    sim, m = run_scenario(Scenario(peers=8, steps=16, loss=0.01, seed=3))
+    honest = [p for p in sim.peers.values() if not p.behaviour.hostile]
+    assert sum(sim.traffic.values()) == sum(p.sent_msgs for p in honest)
+    assert sum(sim.traffic_bytes.values()) == sum(p.sent_bytes for p in honest)
+    # the window: from when most replicas sealed step 3 to when most sealed step 15 (their "step" lines)
+    def median_seal(step):
+        times = sorted(t for p in honest for t, event, f in p.logs if event == "step" and f["step"] == step)
+        return (times[(len(times) - 1) // 2] + times[len(times) // 2]) / 2
+    assert m["steady_steps"] == [3, 15]
+    assert m["steady_step_s"] == round((median_seal(15) - median_seal(3)) / 12, 3)
+    assert 0.8 <= m["steady_step_s"] < m["simulated_s"] / 16  # no faster than compute, and start and end left out
+    assert 0 < m["steady_msgs_per_peer_step"] and 0 < m["steady_seal_p50_s"] <= m["steady_seal_p99_s"]
+
+
 def test_every_hostile_behaviour_at_once_leaves_the_honest_replicas_identical():
     sim, m = run_scenario(Scenario(peers=14, steps=25, loss=0.01, seed=2, hostile=HOSTILE_MIX))
     assert converged(m) and m["honest_finished"] == 14 - len(HOSTILE_MIX), m
