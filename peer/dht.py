@@ -246,7 +246,17 @@ class SwarmDHT:
     async def _store_few(self, key: str, value: bytes, ttl: float, cap: int, counts) -> bool:
         """Our entry under a key every member could write, only where ``few_enough`` allows
         (``counts(entry)``: whether another's entry counts toward the cap)."""
-        present = [o for o, e in (await self.aentries([key], latest=False))[key] if counts(e)]
+        # latest: every replica's subkeys merged (the first live copy is often our own node's,
+        # which holds little more than our own entry); a read that failed writes nothing (a
+        # busy DHT would otherwise look empty to every peer at once): the next refresh retries
+        try:
+            raw = await self.dht.run_coroutine(partial(_get_many, keys=[key], latest=True), return_future=True)
+        except Exception as exc:
+            logger.debug("DHT get %s failed: %s", key, exc)
+            return False
+        found, self_refused = decode_found(key, raw.get(key))
+        self.refused += self_refused
+        present = [o for o, e in found if counts(e)]
         if not few_enough(self.signer.machine, present, cap):
             return False
         return await self.astore(key, value, ttl)

@@ -441,7 +441,7 @@ class Node:
         # peers that start together write the keys every member could write (the spec, and the
         # directory where they represent the swarm) at different seconds: each reads before it
         # writes, so few race past the cap (SwarmDHT._store_few)
-        spec_at, announce_at = (rng.randrange(10), rng.randrange(3)) if cfg.initial_peers else (0, 0)
+        spec_at, announce_at = (rng.randrange(30), rng.randrange(3)) if cfg.initial_peers else (0, 0)
         while True:
             try:
                 now = loop.time()
