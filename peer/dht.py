@@ -231,11 +231,16 @@ class SwarmDHT:
             return False
 
     async def aentries(self, keys: list[str], latest: bool = True) -> dict[str, list[tuple[bytes, Entry]]]:
+        """Validated entries per key; a failed read finds nothing (see _read)."""
         try:
-            raw = await self.dht.run_coroutine(partial(_get_many, keys=keys, latest=latest), return_future=True)
+            return await self._read(keys, latest)
         except Exception as exc:
             logger.debug("DHT get failed: %s", exc)
             return {k: [] for k in keys}
+
+    async def _read(self, keys: list[str], latest: bool) -> dict[str, list[tuple[bytes, Entry]]]:
+        """Validated entries per key; raises where the DHT read failed."""
+        raw = await self.dht.run_coroutine(partial(_get_many, keys=keys, latest=latest), return_future=True)
         out = {}
         for key in keys:
             out[key], refused = decode_found(key, raw.get(key))
@@ -250,12 +255,10 @@ class SwarmDHT:
         # which holds little more than our own entry); a read that failed writes nothing (a
         # busy DHT would otherwise look empty to every peer at once): the next refresh retries
         try:
-            raw = await self.dht.run_coroutine(partial(_get_many, keys=[key], latest=True), return_future=True)
+            found = (await self._read([key], latest=True))[key]
         except Exception as exc:
             logger.debug("DHT get %s failed: %s", key, exc)
             return False
-        found, self_refused = decode_found(key, raw.get(key))
-        self.refused += self_refused
         present = [o for o, e in found if counts(e)]
         if not few_enough(self.signer.machine, present, cap):
             return False
