@@ -141,7 +141,8 @@ async def _store_near(dht, node, key, subkey, value, expiration):
             remote.append(node.protocol.call_store(peer_id, keys=[key_id], values=[signed], expiration_time=[expiration],
                                                    subkeys=[subkey]))
     for result in await asyncio.gather(*remote, return_exceptions=True):
-        stored = stored or (isinstance(result, list) and any(result))
+        # call_store answers a protobuf repeated field of bools (not a list), or None when unanswered
+        stored = stored or (result is not None and not isinstance(result, BaseException) and any(result))
     return stored
 
 

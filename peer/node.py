@@ -440,8 +440,10 @@ class Node:
         registered_step, last_register, next_unreachable_note = -1, 0.0, loop.time() + 20.0
         # peers that start together write the keys every member could write (the spec, and the
         # directory where they represent the swarm) at different seconds: each reads before it
-        # writes, so few race past the cap (SwarmDHT._store_few)
-        spec_at, announce_at = (rng.randrange(30), rng.randrange(3)) if cfg.initial_peers else (0, 0)
+        # writes, so few race past the cap (SwarmDHT._store_few). A joiner found the spec there
+        # already (or was given it), so its first spec write can wait up to 100 rounds
+        spec_at, announce_at = (rng.randrange(100), rng.randrange(3)) if cfg.initial_peers else (0, 0)
+        announced_peers, announced_round = None, 0
         while True:
             try:
                 now = loop.time()
@@ -473,10 +475,15 @@ class Node:
                     next_discovery = now + discover_every
                 if rounds % 100 == spec_at:
                     await self.dht.publish_spec(self.spec)
-                if cfg.announce and rounds % 30 == announce_at and self._represents():
+                # the directory is refreshed every 30 s, and sooner (at most every 10 s) when the
+                # number of peers we see changed, so that a listing soon counts a peer who just joined
+                peers_now = 1 + len(self.core.gossip.links)
+                reshaped = announced_peers not in (None, peers_now) and rounds - announced_round >= 10
+                if cfg.announce and (rounds % 30 == announce_at or reshaped) and self._represents():
                     await self.dht.announce(swarm, Announcement(self.spec.name[:200], self.spec.model.id[:200],
                                                                 self.spec.task.kind[:200], self.core.sealed,
-                                                                1 + len(self.core.gossip.links)))
+                                                                peers_now))
+                    announced_peers, announced_round = peers_now, rounds
                 self.wire = await loop.run_in_executor(None, self.meter.read)
             except asyncio.CancelledError:
                 raise

@@ -85,3 +85,38 @@ def test_an_entry_stored_by_one_node_is_read_and_verified_by_another(tmp_path, b
     finally:
         b.shutdown()
         a.shutdown()
+
+
+async def _stored_subkeys(_dht, node, key: str) -> set:
+    """The subkeys this one node keeps under ``key`` (its local storage, no network)."""
+    item = node.protocol.storage.get(DHTID.generate(source=key))
+    return set() if item is None else {subkey for subkey, _ in item.value.items()}
+
+
+@pytest.mark.slow
+def test_the_spec_cap_holds_across_nodes_and_a_write_says_whether_it_was_stored(tmp_path):
+    """Ten peers joined in a chain publish the spec one after another, smallest machine id
+    first: each reads before it writes, so exactly SPEC_COPIES write (and say so: a store
+    that reached other nodes only used to report False, hivemind answering a protobuf
+    repeated field where a list was expected), and no node anywhere holds more copies."""
+    import asyncio
+
+    from seedswarm.peer.demo import default_spec
+    from seedswarm.protocol.directory import SPEC_COPIES, spec_key
+
+    idents = [load_identity(tmp_path / f"{i}.key") for i in range(10)]
+    nodes: list[SwarmDHT] = []
+    try:
+        for ident in idents:
+            nodes.append(SwarmDHT.start(ident.signer, str(ident.path), host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+                                        initial_peers=nodes[-1].maddrs() if nodes else ()))
+        spec = default_spec()
+        written = [node for node in sorted(nodes, key=lambda n: n.signer.machine)
+                   if asyncio.run(node.publish_spec(spec))]
+        assert len(written) == SPEC_COPIES
+        held = set().union(*(n.dht.run_coroutine(partial(_stored_subkeys, key=spec_key(spec.swarm_id))) for n in nodes))
+        assert len(held) == SPEC_COPIES
+        assert asyncio.run(nodes[0].fetch_spec(spec.swarm_id)) == spec
+    finally:
+        for node in nodes:
+            node.shutdown()
