@@ -118,13 +118,17 @@ async def _get_many(dht, node, keys, latest):
     return await node.get_many(keys, sufficient_expiration_time=float("inf") if latest else None)
 
 
-async def _store_near(dht, node, key, subkey, value, expiration):
+async def _store_near(dht, node, key, subkey, value, expiration, crawl: bool = False):
     """Store one signed subkey value. hivemind's store first crawls toward the key, and every
     node it asks answers with the key's whole dictionary; while the routing table is one
     unsplit bucket (we know the whole DHT) the nearest nodes are already known, so the value
-    goes straight to them (the nodes hivemind would pick); larger DHTs take hivemind's crawl."""
+    goes straight to them (the nodes hivemind would pick); larger DHTs take hivemind's crawl.
+    ``crawl``: always crawl, for keys whose writers decide by what a read found (_store_few):
+    a table is one bucket also while it is still filling (peers starting together), and a
+    value stored at the nearest of the nodes we happen to know would be missed by the next
+    writer's read, which crawls to the nearest of all."""
     table = node.protocol.routing_table
-    if sum(len(b.nodes_to_peer_id) for b in table.buckets) >= node.protocol.bucket_size:
+    if crawl or sum(len(b.nodes_to_peer_id) for b in table.buckets) >= node.protocol.bucket_size:
         return await node.store(key, value, expiration, subkey=subkey)
     key_id = DHTID.generate(source=key)
     candidates = table.get_nearest_neighbors(key_id, node.num_replicas, exclude=node.node_id) + [(node.node_id, None)]
@@ -222,10 +226,11 @@ class SwarmDHT:
         self.dht.shutdown()
 
     # --- entries ---------------------------------------------------------------------------
-    async def astore(self, key: str, value: bytes, ttl: float) -> bool:
+    async def astore(self, key: str, value: bytes, ttl: float, crawl: bool = False) -> bool:
         try:
             return bool(await self.dht.run_coroutine(
-                partial(_store_near, key=key, subkey=self.subkey, value=value, expiration=get_dht_time() + ttl),
+                partial(_store_near, key=key, subkey=self.subkey, value=value, expiration=get_dht_time() + ttl,
+                        crawl=crawl),
                 return_future=True))
         except Exception as exc:  # a failed store is retried by the next refresh
             logger.debug("DHT store %s failed: %s", key, exc)
@@ -263,7 +268,7 @@ class SwarmDHT:
         present = [o for o, e in found if counts(e)]
         if not few_enough(self.signer.machine, present, cap):
             return False
-        return await self.astore(key, value, ttl)
+        return await self.astore(key, value, ttl, crawl=True)
 
     async def publish_spec(self, spec: SwarmSpec, ttl: float = 900.0) -> bool:
         """Keep the spec findable by id: at most SPEC_COPIES peers hold a copy (few_enough)."""

@@ -91,6 +91,8 @@ class RunConfig:
     rank: int = 0             # spec.perturbation_rank: 0 elementwise z, r > 0 low-rank z on 2-D tensors
     pool: int = 0             # spec.seed_pool: 0 a direction per sample, K > 0 a step's samples share K directions
     batch: int = BATCH_SIZE   # examples per peer per step
+    schedule: str = "constant"  # spec.lr.kind: "cosine" / "linear" decay from lr to lr * min_ratio at the run's last step
+    min_ratio: float = 0.0      # spec.lr.min_ratio
 
 
 @dataclass
@@ -116,7 +118,9 @@ class RunResult:
 def run_spec(model_id: str, cfg: RunConfig) -> SwarmSpec:
     """The swarm spec of a ZO run of ``cfg`` on model ``model_id``."""
     return SwarmSpec(name="seedswarm-experiments", model=ModelRef(model_id), task=PRESETS["sentiment"],
-                     lr=LRSchedule(base=cfg.lr), eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
+                     lr=LRSchedule(base=cfg.lr, kind=cfg.schedule, min_ratio=cfg.min_ratio,
+                                   total_steps=cfg.steps if cfg.schedule != "constant" else 0),
+                     eps=cfg.eps, codec=CodecParams(clip=CLIP), batch_size=cfg.batch,
                      perturbation=cfg.perturbation, aggregation=Aggregation(normalize=cfg.normalize),
                      trainable=cfg.trainable, frozen=cfg.frozen, samples_per_step=cfg.samples,
                      perturbation_rank=cfg.rank, seed_pool=cfg.pool)

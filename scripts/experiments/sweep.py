@@ -3,9 +3,10 @@
     python scripts/experiments/sweep.py [--peers 4] [--steps 30] [--eval-every 10] [--threads 1] RUN [RUN ...]
 
 Each RUN is ``key=value`` pairs joined by commas, keys of ``runs.RunConfig``: ``lr``, ``eps``,
-``normalize``, ``rank``, ``pool``, ``samples``, ``batch`` and ``trainable`` / ``frozen``
-(name patterns joined by ``|``), e.g. ``normalize=rms,lr=1e-3``, ``pool=4`` or
-``lr=2e-4,frozen=*embeddings*``. Every run goes through ``runs.train_run`` on the same data,
+``normalize``, ``rank``, ``pool``, ``samples``, ``batch``, ``schedule`` (an lr decaying to
+``min_ratio`` x lr at the last step: ``cosine`` or ``linear``) and ``trainable`` / ``frozen``
+(name patterns joined by ``|``), e.g. ``normalize=rms,lr=1e-3``, ``pool=4``,
+``lr=1e-2,schedule=cosine`` or ``lr=2e-4,frozen=*embeddings*``. Every run goes through ``runs.train_run`` on the same data,
 seeds and batches as run_all.py (a 256-example held-out subset every ``--eval-every`` steps).
 Prints one line per run: subset accuracy per evaluation, full in-distribution and
 out-of-template accuracy, and the steps it took to reach the first run's final subset accuracy
