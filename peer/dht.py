@@ -256,7 +256,7 @@ class SwarmDHT:
     # --- swarm-level operations -----------------------------------------------------------
     async def _store_few(self, key: str, value: bytes, ttl: float, cap: int, counts) -> bool:
         """Our entry under a key every member could write, only where ``few_enough`` allows
-        (``counts(entry)``: whether another's entry counts toward the cap)."""
+        (``counts(entry)``: whether an entry, ours included, counts toward the cap)."""
         # latest: every replica's subkeys merged (the first live copy is often our own node's,
         # which holds little more than our own entry); a read that failed writes nothing (a
         # busy DHT would otherwise look empty to every peer at once): the next refresh retries

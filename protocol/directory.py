@@ -58,13 +58,18 @@ def member_bucket(machine: bytes) -> int:
 
 def few_enough(me: bytes, others, cap: int) -> bool:
     """Whether ``me`` may (re)write its entry under a key every member could write (the spec,
-    the directory) where ``others`` hold entries already: while fewer than ``cap`` do, or when
-    ``me`` is among the ``cap`` smallest machine ids of them and ``me`` (so that peers that
-    raced past the cap stop refreshing, and the smallest keep it). Every peer would otherwise
-    write its own copy, and the value would grow with the swarm: 743-byte spec entries reach
-    hivemind's value limit at about 60 peers."""
-    others = sorted(set(others) - {me})
-    return len(others) < cap or me < others[cap - 1]
+    the directory) where ``others`` hold entries already (``me`` among them when it holds one):
+    a peer without an entry writes only while fewer than ``cap`` others hold one; a peer with
+    one keeps refreshing it while it is among the ``cap`` smallest machine ids of the holders
+    (so that peers that raced past the cap settle on the smallest, and the rest expire). Every
+    peer would otherwise write its own copy, and the value would grow with the swarm: 743-byte
+    spec entries reach hivemind's value limit at about 60 peers. (Letting a smaller id take a
+    place from a larger one would make every peer smaller than the cap-th write once: about
+    cap * (1 + ln(N / cap)) copies alive at once as N peers arrive within an entry's life.)"""
+    others = set(others)
+    holding = me in others
+    others = sorted(others - {me})
+    return len(others) < cap or (holding and me < others[cap - 1])
 
 
 DIRECTORY_KEY = "seedswarm/2/swarms"

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from seedswarm.peer.core import CoreConfig, SwarmCore
-from seedswarm.peer.core.events import (Compute, Connect, Disconnect, FetchCheckpoint, Finished, LinkUp, Log, Malformed,
-                                        PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send, StepSealed, Tick)
+from seedswarm.peer.core.events import (Compute, Connect, Disconnect, FetchCheckpoint, Finished, LinkDown, LinkUp, Log,
+                                        Malformed, PeersFound, Rebuild, Rebuilt, Received, RecordReady, Seal, Send, StepSealed,
+                                        Tick)
 from seedswarm.protocol import ModelRef, Record, Signer, SwarmSpec, TaskRef
 from seedswarm.protocol.messages import Gossip, RangeReply, RangeRequest, Status, Vote, Votes
 
@@ -95,7 +96,6 @@ def test_a_departure_notice_ends_the_wait_for_a_crashed_author():
     """A neighbour's link dies while the round waits for its record: the peer tells its other
     neighbours (they would wait a deadline for a record that cannot come) and stops waiting;
     a notice about a member we are linked to is ignored; the member's next record cancels it."""
-    from seedswarm.peer.core.events import LinkDown
     d = training(3)
     for p in PEERS[:3]:
         d.feed(Received(p.machine, Gossip((rec(p, 0),))), 0.1)
@@ -537,3 +537,30 @@ def test_a_replica_whose_history_needs_repair_never_starts_alone():
     d.link(PEERS[0], 30)
     d.feed(Tick(), 3)
     assert not d.of(Fail) and any(isinstance(a.message, RangeRequest) for a in d.of(Send))
+
+
+def test_a_peer_that_refuses_our_link_is_redialed_only_after_a_growing_backoff():
+    """A full peer (at max_accept) closes a new link before saying anything; redialing it
+    every maintenance round would cost both sides a handshake each time."""
+    from seedswarm.peer.core.core import REFUSED_BACKOFF, REFUSED_BACKOFF_MAX
+
+    full = PEERS[0].machine
+    d = Driver(core(min_peers=2, max_links=1))
+    d.feed(PeersFound((full,)))
+    d.feed(Tick(), 1.0)
+    dials = [1.0]
+    assert [a.peer for a in d.of(Connect)] == [full]
+    waits = []
+    for _ in range(6):
+        d.feed(LinkUp(full))
+        d.feed(LinkDown(full))            # closed by the other side, no status
+        before = len(d.of(Connect))
+        while len(d.of(Connect)) == before:
+            d.feed(Tick(), 0.5)
+        waits.append(d.now - dials[-1])
+        dials.append(d.now)
+    assert waits[0] >= REFUSED_BACKOFF and all(b >= a for a, b in zip(waits, waits[1:]))
+    assert max(waits) <= REFUSED_BACKOFF_MAX + 1.0
+    # once it answers with a status, it is a neighbour like any other: the backoff is forgotten
+    d.link(PEERS[0])
+    assert full not in d.core._refused

@@ -360,3 +360,70 @@ def test_a_drifting_replica_heals_itself_from_the_majority(tiny_swarm, tmp_path)
     healed = events(c, "healed")
     assert healed and healed[-1]["ok"] is True
     assert applied(ledger_of(tmp_path, "a"), steps) == applied(ledger_of(tmp_path, "c"), steps)
+
+
+def test_sixteen_peers_train_take_joiners_lose_two_and_keep_every_dht_value_bounded(tiny_swarm, tmp_path):
+    """Sixteen real peer processes on one host: twelve founders, two joiners (by checkpoint and
+    by replay), then one founder leaves politely (SIGTERM) and one is SIGKILLed; the fourteen
+    left end bit-identical. Meanwhile a stranger reads every key of the swarm from the DHT:
+    no value holds more entries than its cap, however many peers could write it."""
+    import asyncio
+
+    from seedswarm.peer.dht import SwarmDHT
+    from seedswarm.peer.identity import load_identity
+    from seedswarm.protocol.directory import (ANNOUNCERS, BUCKET_CAP, DIRECTORY_KEY, MEMBER_BUCKETS, SPEC_COPIES,
+                                              member_key, spec_key)
+
+    steps = 120
+    common = ("--min-peers", "8")
+    first = peer(tiny_swarm, tmp_path, "p00", 0, *common, steps=steps)
+    maddrs = first.maddrs()
+    founders = [first] + [peer(tiny_swarm, tmp_path, f"p{i:02d}", i % 3, "--initial-peers", *maddrs, *common,
+                               "--data-seed", str(i), steps=steps) for i in range(1, 12)]
+    everyone = list(founders)
+    reader = None
+    try:
+        first.wait_for_step(32, timeout=600)  # a voted checkpoint exists (every 10, votes settle 9 steps later)
+        joiners = [peer(tiny_swarm, tmp_path, f"j{how}", i, "--initial-peers", *maddrs, *common, "--join-by", how,
+                        "--data-seed", str(20 + i), steps=steps) for i, how in enumerate(("checkpoint", "replay"))]
+        everyone += joiners
+        deadline = time.monotonic() + 600
+        while not all(events(j, "joined") for j in joiners):
+            assert time.monotonic() < deadline, "joiners did not join"
+            assert all(j.proc.poll() is None for j in joiners), "".join(j.output()[-3000:] for j in joiners)
+            for p in everyone:
+                p.track_children()
+            time.sleep(0.5)
+        assert first.step() < steps - 20, f"the swarm reached {first.step()} before the joiners joined: raise `steps`"
+
+        # a stranger reads every key the swarm writes: each value is bounded by its cap
+        swarm = bytes.fromhex(first.events()[0]["swarm_id"])
+        ident = load_identity(tmp_path / "reader.key")
+        reader = SwarmDHT.start(ident.signer, str(ident.path), initial_peers=maddrs)
+        keys = [spec_key(swarm), DIRECTORY_KEY, *(member_key(swarm, b) for b in range(MEMBER_BUCKETS))]
+        found = asyncio.run(reader._read(keys, latest=True))
+        specs = [o for o, e in found[spec_key(swarm)] if e.kind == "spec"]
+        announcers = [o for o, e in found[DIRECTORY_KEY] if e.kind == "swarm" and e.swarm == swarm]
+        buckets = [len(found[k]) for k in keys[2:]]
+        print(f"DHT entries: spec {len(specs)}, directory {len(announcers)}, fullest member bucket {max(buckets)}, "
+              f"members {sum(buckets)}")
+        assert 1 <= len(specs) <= SPEC_COPIES, specs
+        assert 1 <= len(announcers) <= ANNOUNCERS, announcers
+        assert max(buckets) <= BUCKET_CAP and sum(buckets) >= 8
+
+        founders[5].stop()   # SIGTERM: says goodbye
+        founders[6].kill()   # SIGKILL: no goodbye
+        survivors = [p for p in everyone if p not in (founders[5], founders[6])]
+        summaries = finish(survivors)
+    finally:
+        if reader is not None:
+            reader.shutdown()
+        for p in everyone:
+            p.stop()
+
+    assert founders[5].proc.returncode in (0, 130, -15), founders[5].output()[-3000:]
+    assert len({s["digest"] for s in summaries}) == 1, summaries
+    assert all(s["step"] == steps for s in summaries)
+    assert events(joiners[0], "checkpoint_installed") and not events(joiners[1], "checkpoint_installed")
+    orphans = {p.name: p.orphans() for p in everyone}
+    assert all(not o for o in orphans.values()), orphans

@@ -62,6 +62,7 @@ from .gossip import Gossip
 from .trust import Standing, Tally, Votes as VoteBook
 
 JOIN_MODES = ("checkpoint", "replay")
+REFUSED_BACKOFF, REFUSED_BACKOFF_MAX = 5.0, 60.0  # seconds before redialing a peer that refused our link
 
 
 def checkpoints_to_keep(late_window: int, checkpoint_every: int, minimum: int = 3) -> int:
@@ -198,6 +199,8 @@ class SwarmCore:
         self.known: dict[bytes, float] = {}        # members we could dial -> when first heard of
         self.departed: dict[bytes, float] = {}
         self.banned: dict[bytes, float] = {}
+        # peers that closed our fresh link before a status (full: at max_accept) -> (not before, backoff)
+        self._refused: dict[bytes, tuple[float, float]] = {}
         self.rejects_from: Counter[bytes] = Counter()   # per neighbour: inputs it could have checked
         self.rejects_of: Counter[bytes] = Counter()     # per author: signed records refused
         self.reasons: Counter[str] = Counter()
@@ -335,6 +338,13 @@ class SwarmCore:
         link = self.gossip.links.get(peer)
         if link is not None:
             self._links_changed = True
+            if link.status is None and peer not in self._closing:
+                # it closed the link before saying anything: full (max_accept), or going. Redialing
+                # it every maintenance round would cost both of us a handshake (status and peers)
+                # each time: back off, doubling, while it keeps refusing
+                _, backoff = self._refused.get(peer, (0.0, REFUSED_BACKOFF / 2))
+                backoff = min(2 * backoff, REFUSED_BACKOFF_MAX)
+                self._refused[peer] = (self.now + backoff, backoff)
             if link.status is not None and peer not in self._closing:
                 self._neighbour_left(peer, out)  # it crashed, or the network between us failed
         self._closing.discard(peer)
@@ -415,10 +425,14 @@ class SwarmCore:
         for peer, since in list(self._dialing.items()):
             if now - since > self.cfg.dial_timeout:
                 del self._dialing[peer]
+        for peer, (until, _) in list(self._refused.items()):
+            if until + REFUSED_BACKOFF_MAX < now:  # refused long ago: forget (bounded by dials made)
+                del self._refused[peer]
         need = self.cfg.max_links - len(self.gossip.links) - len(self._dialing)
         if need > 0:
             candidates = sorted(m for m in self.known if m not in self.gossip.links and m not in self._dialing
-                                and m not in self.departed and self.banned.get(m, 0) <= now)
+                                and m not in self.departed and self.banned.get(m, 0) <= now
+                                and self._refused.get(m, (0.0,))[0] <= now)
             for peer in self.rng.sample(candidates, min(need, len(candidates))):
                 self._dialing[peer] = now
                 out.append(Connect(peer))
@@ -457,6 +471,8 @@ class SwarmCore:
         elif isinstance(msg, Status):
             if self._first_status is None:
                 self._first_status = self.now
+            if link.status is None:
+                self._refused.pop(peer, None)
             link.status = msg
             self._statuses_seen += 1
             rnd = self.round
