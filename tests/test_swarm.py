@@ -63,65 +63,6 @@ def events(p: PeerProcess, kind: str) -> list[dict]:
     return [e for e in p.events() if e["event"] == kind]
 
 
-def test_join_by_checkpoint_and_by_replay_survive_a_crash_and_end_identical(tiny_swarm, tmp_path):
-    steps = 300
-    first = peer(tiny_swarm, tmp_path, "a", 0, "--min-peers", "3", steps=steps)
-    maddrs = first.maddrs()
-    # four founders, so that the four survivors plus two joiners never split evenly (two
-    # replicas that disagree with no majority each keep their weights: README, Known limits)
-    crew = [first] + [peer(tiny_swarm, tmp_path, n, i, "--initial-peers", *maddrs, "--min-peers", "3", *extra,
-                           steps=steps)
-                      for n, i, extra in (("b", 1, ()), ("c", 2, ()), ("f", 2, ("--data-seed", "9")))]
-    everyone = list(crew)
-    try:
-        first.wait_for_step(32)  # a voted checkpoint exists (checkpoint every 10, votes settle 9 steps later)
-        by_ckpt = peer(tiny_swarm, tmp_path, "d", 0, "--initial-peers", *maddrs, "--join-by", "checkpoint",
-                       "--data-seed", "7", steps=steps)
-        by_replay = peer(tiny_swarm, tmp_path, "e", 1, "--initial-peers", *maddrs, "--join-by", "replay",
-                         "--data-seed", "8", steps=steps)
-        everyone += [by_ckpt, by_replay]
-        deadline = time.monotonic() + 300
-        while not (events(by_ckpt, "joined") and events(by_replay, "joined")):
-            assert time.monotonic() < deadline, "joiners did not join"
-            assert by_ckpt.proc.poll() is None and by_replay.proc.poll() is None, by_ckpt.output() + by_replay.output()
-            for p in everyone:
-                p.track_children()
-            time.sleep(0.2)
-        assert first.step() < steps - 20, f"the swarm reached {first.step()} before the joiners joined: raise `steps`"
-        first.wait_for_step(first.step() + 5)
-        crew[2].kill()  # SIGKILL: no goodbye
-        survivors = [first, crew[1], crew[3], by_ckpt, by_replay]
-        summaries = finish(survivors)
-    finally:
-        for p in everyone:
-            p.stop()
-
-    digests = {s["digest"] for s in summaries}
-    assert len(digests) == 1, summaries
-    assert all(s["step"] == steps for s in summaries)
-    assert events(by_ckpt, "checkpoint_installed"), "the checkpoint joiner installed a checkpoint its peers vouched for"
-    assert not events(by_replay, "checkpoint_installed")
-    ledgers = [ledger_of(tmp_path, p.name) for p in survivors]
-    low = min(e["step"] for e in events(by_ckpt, "checkpoint_installed"))
-    assert all(applied(led, steps)[low:] == applied(ledgers[0], steps)[low:] for led in ledgers)
-
-    # base weights + the (signed, verified) ledger reproduce the swarm's weights, and they learned something
-    spec = decode_ledger((tmp_path / "a" / "ledger.ssl").read_bytes())[0]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_swarm / "tiny")
-    task = build_task(spec.task, tokenizer)
-    test = read_jsonl(tiny_swarm / "test.jsonl")
-    base = transformers.AutoModel.from_pretrained(tiny_swarm / "tiny").eval()
-    before = evaluate(base, task, test)["loss"]
-    trained = replay(transformers.AutoModel.from_pretrained(tiny_swarm / "tiny").eval(), spec, ledgers[0])
-    assert weight_digest(trained) == digests.pop()
-    assert evaluate(trained, task, test)["loss"] < before
-
-    # nothing outlives its peer, the SIGKILLed one included
-    orphans = {p.name: p.orphans() for p in everyone}
-    assert all(not o for o in orphans.values()), orphans
-    assert crew[2].children, "the harness saw the killed peer's DHT and p2pd processes"
-
-
 def test_a_killed_peer_resumes_with_nothing_lost(tiny_swarm, tmp_path):
     steps = 120
     a = peer(tiny_swarm, tmp_path, "a", 0, "--min-peers", "2", steps=steps)
@@ -365,8 +306,9 @@ def test_a_drifting_replica_heals_itself_from_the_majority(tiny_swarm, tmp_path)
 def test_sixteen_peers_train_take_joiners_lose_two_and_keep_every_dht_value_bounded(tiny_swarm, tmp_path):
     """Sixteen real peer processes on one host: twelve founders, two joiners (by checkpoint and
     by replay), then one founder leaves politely (SIGTERM) and one is SIGKILLed; the fourteen
-    left end bit-identical. Meanwhile a stranger reads every key of the swarm from the DHT:
-    no value holds more entries than its cap, however many peers could write it."""
+    left end bit-identical, their ledgers replay onto the base weights to the same digest, and
+    no process outlives its peer. Meanwhile a stranger reads every key of the swarm from the
+    DHT: no value holds more entries than its cap, however many peers could write it."""
     import asyncio
 
     from seedswarm.peer.dht import SwarmDHT
@@ -422,8 +364,26 @@ def test_sixteen_peers_train_take_joiners_lose_two_and_keep_every_dht_value_boun
             p.stop()
 
     assert founders[5].proc.returncode in (0, 130, -15), founders[5].output()[-3000:]
-    assert len({s["digest"] for s in summaries}) == 1, summaries
+    digests = {s["digest"] for s in summaries}
+    assert len(digests) == 1, summaries
     assert all(s["step"] == steps for s in summaries)
-    assert events(joiners[0], "checkpoint_installed") and not events(joiners[1], "checkpoint_installed")
+    assert events(joiners[0], "checkpoint_installed"), "the checkpoint joiner installed a checkpoint its peers vouched for"
+    assert not events(joiners[1], "checkpoint_installed")
+    ledgers = [ledger_of(tmp_path, p.name) for p in survivors]
+    low = min(e["step"] for e in events(joiners[0], "checkpoint_installed"))
+    assert all(applied(led, steps)[low:] == applied(ledgers[0], steps)[low:] for led in ledgers)
+
+    # base weights + the (signed, verified) ledger reproduce the swarm's weights, and they learned something
+    spec = decode_ledger((tmp_path / "p00" / "ledger.ssl").read_bytes())[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_swarm / "tiny")
+    task = build_task(spec.task, tokenizer)
+    test = read_jsonl(tiny_swarm / "test.jsonl")
+    before = evaluate(transformers.AutoModel.from_pretrained(tiny_swarm / "tiny").eval(), task, test)["loss"]
+    trained = replay(transformers.AutoModel.from_pretrained(tiny_swarm / "tiny").eval(), spec, ledgers[0])
+    assert weight_digest(trained) == digests.pop()
+    assert evaluate(trained, task, test)["loss"] < before
+
+    # nothing outlives its peer, the SIGKILLed one included
     orphans = {p.name: p.orphans() for p in everyone}
     assert all(not o for o in orphans.values()), orphans
+    assert founders[6].children, "the harness saw the killed peer's DHT and p2pd processes"
