@@ -62,7 +62,9 @@ from .gossip import Gossip
 from .trust import Standing, Tally, Votes as VoteBook
 
 JOIN_MODES = ("checkpoint", "replay")
-REFUSED_BACKOFF, REFUSED_BACKOFF_MAX = 5.0, 60.0  # seconds before redialing a peer that refused our link
+# seconds before redialing a peer that refused our link, doubling to the cap. Short: under churn a
+# full peer frees a slot soon (with a 60 s cap, one simulated run at N = 1,000 had 10% slower steps)
+REFUSED_BACKOFF, REFUSED_BACKOFF_MAX = 2.5, 10.0
 
 
 def checkpoints_to_keep(late_window: int, checkpoint_every: int, minimum: int = 3) -> int:
