@@ -564,3 +564,19 @@ def test_a_peer_that_refuses_our_link_is_redialed_only_after_a_growing_backoff()
     # once it answers with a status, it is a neighbour like any other: the backoff is forgotten
     d.link(PEERS[0])
     assert full not in d.core._refused
+
+
+def test_a_newcomer_that_knows_members_waits_for_a_status_before_taking_step_0_for_the_swarms_place():
+    """Under load a joiner's links can take longer than start_timeout to bring a status: it
+    must not enter as if the swarm were new (it would then catch up by records, not by the
+    checkpoint it asked for)."""
+    d = Driver(core(min_peers=2, start_timeout=10.0))
+    d.feed(PeersFound((PEERS[0].machine,)))
+    for _ in range(30):
+        d.feed(Tick(), 0.5)  # 15 s: past start_timeout, no status heard
+    assert d.core.phase == "start"
+    d.feed(LinkUp(PEERS[0].machine))
+    d.feed(Received(PEERS[0].machine, Status(60, Status.TRAINING, 50, 100)), 0.1)
+    for _ in range(10):
+        d.feed(Tick(), 0.5)
+    assert d.logs("joining") and d.logs("joining")[0]["frontier"] == 60

@@ -1129,6 +1129,11 @@ class SwarmCore:
         if not self.known and not self.gossip.links:
             self.phase = "barrier"  # the first peer of a swarm
             return
+        if heard == 0 and waited < 3 * self.cfg.start_timeout:
+            # members are known but none has said where the swarm is yet (a loaded host, slow
+            # links): entering now would take step 0 for the swarm's place, and a checkpoint
+            # joiner would catch up by records from step 0 instead
+            return
         if heard < min(3, len(self.known)) and waited < self.cfg.start_timeout:
             if heard == 0 or self.now - (self._first_status or self.now) < self.cfg.settle:
                 return  # links are coming up: one neighbour's word is not enough to act on
