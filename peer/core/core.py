@@ -340,14 +340,16 @@ class SwarmCore:
         link = self.gossip.links.get(peer)
         if link is not None:
             self._links_changed = True
-            if link.status is None and peer not in self._closing:
+            if peer in self._closing:
+                pass  # we closed it
+            elif link.status is None:
                 # it closed the link before saying anything: full (max_accept), or going. Redialing
                 # it every maintenance round would cost both of us a handshake (status and peers)
                 # each time: back off, doubling, while it keeps refusing
                 _, backoff = self._refused.get(peer, (0.0, REFUSED_BACKOFF / 2))
                 backoff = min(2 * backoff, REFUSED_BACKOFF_MAX)
                 self._refused[peer] = (self.now + backoff, backoff)
-            if link.status is not None and peer not in self._closing:
+            else:
                 self._neighbour_left(peer, out)  # it crashed, or the network between us failed
         self._closing.discard(peer)
         self.gossip.drop_link(peer)
@@ -1135,7 +1137,7 @@ class SwarmCore:
             # joiner would catch up by records from step 0 instead
             return
         if heard < min(3, len(self.known)) and waited < self.cfg.start_timeout:
-            if heard == 0 or self.now - (self._first_status or self.now) < self.cfg.settle:
+            if self.now - (self._first_status or self.now) < self.cfg.settle:  # heard > 0 here
                 return  # links are coming up: one neighbour's word is not enough to act on
         self._enter(heard, out)
 
