@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python scripts/bench_engine.py
 	$(BIN)/python scripts/bench_codec.py
 	$(BIN)/python scripts/bench_cli.py
+	$(BIN)/python scripts/bench_dht.py
 
 experiments: setup
 	$(BIN)/python scripts/experiments/run_all.py

@@ -43,7 +43,7 @@ class PeerConfig:
     max_links: int = 6                 # neighbours to keep links with
     finish_timeout: float = 60.0       # how long a finished peer waits for its neighbours' final votes
     linger: float = 30.0               # how long a finished peer keeps serving neighbours still catching up
-    dht_refresh: float = 30.0          # seconds between refreshes of our member entry in the DHT
+    dht_refresh: float = 60.0          # seconds between refreshes of our member entry in the DHT (it lives 3x)
     announce: bool = True              # advertise the swarm in the DHT's public directory
     fault_corrupt_at: int | None = None  # chaos testing: this replica computes that step wrong until it heals
 

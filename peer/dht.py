@@ -12,8 +12,9 @@ Only this module (with peer/transport.py) knows hivemind. It gives the node:
 - ``members`` (discovery), ``register`` (bounded member buckets), ``publish_spec``,
   ``fetch_spec`` and ``announce``.
 
-Two functions run inside hivemind's DHT process and reach into its private API
-(``node.protocol``, the routing table, ``call_store``): ``_store_near`` and ``_get_many``.
+A few functions run inside hivemind's DHT process and reach into its private API
+(``node.protocol``, the routing table, ``call_store``, ``call_find``, ``traverse_dht``):
+``_get_many``, ``_store_near``, ``_store_at``, ``_crawl`` and ``_store_few_here``.
 tests/test_dht_adapter.py pins them to the hivemind version in pyproject.toml.
 """
 
@@ -115,24 +116,28 @@ def validators(signer: Signer | None) -> list[RecordValidatorBase]:
 async def _get_many(dht, node, keys, latest):
     """One traversal for several keys. ``latest``: merge every replica's subkeys; otherwise
     stop at the first live copy (often this node's own: no network at all)."""
-    return await node.get_many(keys, sufficient_expiration_time=float("inf") if latest else None)
+    return await node.get_many(keys, sufficient_expiration_time=float("inf") if latest else None,
+                               beam_size=node.num_replicas)
 
 
-async def _store_near(dht, node, key, subkey, value, expiration, crawl: bool = False):
+async def _store_near(dht, node, key, subkey, value, expiration):
     """Store one signed subkey value. hivemind's store first crawls toward the key, and every
     node it asks answers with the key's whole dictionary; while the routing table is one
     unsplit bucket (we know the whole DHT) the nearest nodes are already known, so the value
     goes straight to them (the nodes hivemind would pick); larger DHTs take hivemind's crawl.
-    ``crawl``: always crawl, for keys whose writers decide by what a read found (_store_few):
-    a table is one bucket also while it is still filling (peers starting together), and a
-    value stored at the nearest of the nodes we happen to know would be missed by the next
-    writer's read, which crawls to the nearest of all."""
+    (Keys whose writers decide by what a read found take ``_store_few_here``.)"""
     table = node.protocol.routing_table
-    if crawl or sum(len(b.nodes_to_peer_id) for b in table.buckets) >= node.protocol.bucket_size:
+    if sum(len(b.nodes_to_peer_id) for b in table.buckets) >= node.protocol.bucket_size:
         return await node.store(key, value, expiration, subkey=subkey)
     key_id = DHTID.generate(source=key)
-    candidates = table.get_nearest_neighbors(key_id, node.num_replicas, exclude=node.node_id) + [(node.node_id, None)]
-    candidates = sorted(candidates, key=lambda c: key_id.xor_distance(c[0]))[: node.num_replicas]
+    return await _store_at(node, key_id, table.get_nearest_neighbors(key_id, node.num_replicas, exclude=node.node_id),
+                           subkey, value, expiration)
+
+
+async def _store_at(node, key_id, candidates, subkey, value, expiration) -> bool:
+    """Sign and store at the ``node.num_replicas`` nearest of ``candidates`` ((node id, peer
+    id) pairs) and this node; True if any of them stored it."""
+    candidates = sorted([*candidates, (node.node_id, None)], key=lambda c: key_id.xor_distance(c[0]))[: node.num_replicas]
     serializer = node.protocol.serializer
     record = DHTRecord(key_id.to_bytes(), serializer.dumps(subkey), serializer.dumps(value), expiration)
     signed = node.protocol.record_validator.sign_value(record)
@@ -148,6 +153,56 @@ async def _store_near(dht, node, key, subkey, value, expiration, crawl: bool = F
         # call_store answers a protobuf repeated field of bools (not a list), or None when unanswered
         stored = stored or (result is not None and not isinstance(result, BaseException) and any(result))
     return stored
+
+
+async def _crawl(node, key_id):
+    """One crawl toward ``key_id`` as hivemind's ``get(latest=True)`` does it: every subkey
+    the visited nodes hold, merged (the found value, as ``get`` returns it), and the nodes
+    nearest the key that answered, as (node id, peer id) pairs (where hivemind's store
+    would put a value)."""
+    from hivemind.dht.node import _SearchState
+    from hivemind.dht.traverse import traverse_dht
+
+    state = _SearchState(key_id, float("inf"), serializer=node.protocol.serializer,
+                         record_validator=node.protocol.record_validator)
+    state.add_candidate(node.protocol.storage.get(key_id), source_node_id=node.node_id)
+    peer_of = dict(node.protocol.routing_table.get_nearest_neighbors(key_id, node.protocol.bucket_size,
+                                                                     exclude=node.node_id))
+    nearest: list = []
+
+    async def get_neighbors(peer, queries):
+        response = await node._call_find_with_blacklist(peer_of[peer], list(queries))
+        if not response:
+            return {query: ([], False) for query in queries}
+        out = {}
+        for query, (found, peers) in response.items():
+            peer_of.update(peers)
+            state.add_candidate(found, source_node_id=peer)
+            out[query] = tuple(peers), False
+        return out
+
+    async def found_callback(query, nearest_nodes, _visited):
+        nearest.extend(nearest_nodes)
+
+    await traverse_dht(queries=[key_id], initial_nodes=list(peer_of), beam_size=node.num_replicas,
+                       num_workers=node.num_workers, queries_per_call=1, get_neighbors=get_neighbors,
+                       visited_nodes={key_id: {node.node_id}}, found_callback=found_callback)
+    state.finish_search()
+    return state.future.result(), [(n, peer_of[n]) for n in nearest if n in peer_of]
+
+
+async def _store_few_here(dht, node, key, subkey, value, expiration, machine, cap, kind, swarm):
+    """``SwarmDHT._store_few`` inside the DHT process: one crawl finds both the entries
+    present (for ``few_enough``) and the nodes to write to, where a read and then hivemind's
+    store would crawl twice (each node asked answers with the key's whole dictionary: for
+    the spec key, kilobytes). Returns (stored, entries refused)."""
+    key_id = DHTID.generate(source=key)
+    found, nearest = await _crawl(node, key_id)
+    entries, refused = decode_found(key, found)
+    present = [owner for owner, entry in entries if entry.kind == kind and entry.swarm == swarm]
+    if not few_enough(machine, present, cap):
+        return False, refused
+    return await _store_at(node, key_id, nearest, subkey, value, expiration), refused
 
 
 # --- the adapter ---------------------------------------------------------------------------------
@@ -226,11 +281,10 @@ class SwarmDHT:
         self.dht.shutdown()
 
     # --- entries ---------------------------------------------------------------------------
-    async def astore(self, key: str, value: bytes, ttl: float, crawl: bool = False) -> bool:
+    async def astore(self, key: str, value: bytes, ttl: float) -> bool:
         try:
             return bool(await self.dht.run_coroutine(
-                partial(_store_near, key=key, subkey=self.subkey, value=value, expiration=get_dht_time() + ttl,
-                        crawl=crawl),
+                partial(_store_near, key=key, subkey=self.subkey, value=value, expiration=get_dht_time() + ttl),
                 return_future=True))
         except Exception as exc:  # a failed store is retried by the next refresh
             logger.debug("DHT store %s failed: %s", key, exc)
@@ -254,27 +308,27 @@ class SwarmDHT:
         return out
 
     # --- swarm-level operations -----------------------------------------------------------
-    async def _store_few(self, key: str, value: bytes, ttl: float, cap: int, counts) -> bool:
+    async def _store_few(self, key: str, value: bytes, ttl: float, cap: int, kind: str, swarm: bytes) -> bool:
         """Our entry under a key every member could write, only where ``few_enough`` allows
-        (``counts(entry)``: whether an entry, ours included, counts toward the cap)."""
-        # latest: every replica's subkeys merged (the first live copy is often our own node's,
-        # which holds little more than our own entry); a read that failed writes nothing (a
-        # busy DHT would otherwise look empty to every peer at once): the next refresh retries
+        (entries of ``kind`` for ``swarm``, ours included, count toward the cap). The read
+        merges every replica's subkeys (the first live copy is often our own node's, which
+        holds little more than our own entry); a read that failed writes nothing (a busy DHT
+        would otherwise look empty to every peer at once): the next refresh retries."""
         try:
-            found = (await self._read([key], latest=True))[key]
+            stored, refused = await self.dht.run_coroutine(
+                partial(_store_few_here, key=key, subkey=self.subkey, value=value, expiration=get_dht_time() + ttl,
+                        machine=self.signer.machine, cap=cap, kind=kind, swarm=swarm),
+                return_future=True)
         except Exception as exc:
-            logger.debug("DHT get %s failed: %s", key, exc)
+            logger.debug("DHT read-then-write of %s failed: %s", key, exc)
             return False
-        present = [o for o, e in found if counts(e)]
-        if not few_enough(self.signer.machine, present, cap):
-            return False
-        return await self.astore(key, value, ttl, crawl=True)
+        self.refused += refused
+        return bool(stored)
 
     async def publish_spec(self, spec: SwarmSpec, ttl: float = 900.0) -> bool:
         """Keep the spec findable by id: at most SPEC_COPIES peers hold a copy (few_enough)."""
         swarm = spec.swarm_id
-        return await self._store_few(spec_key(swarm), encode_entry("spec", swarm, spec), ttl, SPEC_COPIES,
-                                     lambda e: e.kind == "spec" and e.swarm == swarm)
+        return await self._store_few(spec_key(swarm), encode_entry("spec", swarm, spec), ttl, SPEC_COPIES, "spec", swarm)
 
     async def fetch_spec(self, swarm: bytes) -> SwarmSpec | None:
         for _, entry in (await self.aentries([spec_key(swarm)]))[spec_key(swarm)]:
@@ -298,10 +352,9 @@ class SwarmDHT:
                 return False
         return await self.astore(key, encode_entry("member", swarm, info), ttl)
 
-    async def announce(self, swarm: bytes, ann: Announcement, ttl: float = 60.0) -> bool:
+    async def announce(self, swarm: bytes, ann: Announcement, ttl: float = 150.0) -> bool:
         """Announce the swarm in the directory every swarm shares: at most ANNOUNCERS peers per swarm."""
-        return await self._store_few(DIRECTORY_KEY, encode_entry("swarm", swarm, ann), ttl, ANNOUNCERS,
-                                     lambda e: e.kind == "swarm" and e.swarm == swarm)
+        return await self._store_few(DIRECTORY_KEY, encode_entry("swarm", swarm, ann), ttl, ANNOUNCERS, "swarm", swarm)
 
     async def directory(self) -> dict[bytes, Announcement]:
         found = (await self.aentries([DIRECTORY_KEY]))[DIRECTORY_KEY]

@@ -67,6 +67,14 @@ PHASE_STATUS = {"start": "starting", "barrier": "waiting", "sync": "syncing", "j
                 "join_checkpoint": "syncing", "train": "training", "finish": "finishing", "done": "done"}
 
 
+# DHT upkeep (seconds; the DHT loop runs once a second). A member entry lives 3 x dht_refresh
+# and is refreshed every dht_refresh (PeerConfig); discovery, once linked to every member a
+# peer knows, reads every SETTLED_DISCOVERY; the spec entry (900 s) is refreshed every
+# SPEC_EVERY, the directory entry every ANNOUNCE_EVERY. scripts/bench_dht.py measures each.
+SETTLED_DISCOVERY = 120.0
+SPEC_EVERY = 300
+ANNOUNCE_EVERY, ANNOUNCE_TTL = 60, 150.0
+
 class PeerError(RuntimeError):
     """The peer cannot go on; the message says why and what to change."""
 
@@ -428,16 +436,19 @@ class Node:
 
     # =========================================================================== the DHT
     async def _dht_loop(self) -> None:
-        """Discovery and our member entry. The DHT is for finding each other, so once a peer
-        has its neighbours it asks ever more rarely (discovery backs off while it finds no one
-        new; the member entry is refreshed every dht_refresh seconds, and every dht_refresh / 2
-        while the peer makes progress, so `seedswarm status` is never far behind)."""
+        """Discovery and our entries. The DHT is for finding each other, so once a peer has
+        its neighbours it asks ever more rarely: discovery backs off while it finds no one new
+        (to every 2 minutes once linked to every member it knows); the member entry is
+        refreshed every dht_refresh seconds, and within seconds when the peer's status
+        changed (starting, training, ...) or it sealed its first step; the spec entry every 5 minutes, the directory every
+        minute. A 4-peer swarm's upkeep is then a few hundred bytes a second per peer
+        (scripts/bench_dht.py prints what each operation costs)."""
         swarm, cfg = self.swarm, self.config
         rng = random.Random(self.machine)
         loop = asyncio.get_running_loop()
         seen: set[bytes] = set()
         discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
-        registered_step, last_register, next_unreachable_note = -1, 0.0, loop.time() + 20.0
+        registered_status, last_register, next_unreachable_note = None, 0.0, loop.time() + 20.0
         # peers that start together write the keys every member could write (the spec, and the
         # directory where they represent the swarm) at different seconds: each reads before it
         # writes, so few race past the cap (SwarmDHT._store_few). A joiner found the spec there
@@ -447,10 +458,11 @@ class Node:
         while True:
             try:
                 now = loop.time()
-                progressed = self.core.sealed != registered_step and now >= last_register + cfg.dht_refresh / 2
-                if now >= next_register or progressed:  # `seedswarm status` sees progress within dht_refresh / 2
-                    registered_step, last_register = self.core.sealed, now
-                    await self.dht.register(swarm, self._member_info(), ttl=3 * cfg.dht_refresh)
+                info = self._member_info()
+                shown = (info.status, info.step > 0)  # `seedswarm status` sees these change within seconds
+                if now >= next_register or (shown != registered_status and now >= last_register + 5.0):
+                    registered_status, last_register = shown, now
+                    await self.dht.register(swarm, info, ttl=3 * cfg.dht_refresh)
                     next_register = now + cfg.dht_refresh
                 await self._check_relays()
                 starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
@@ -459,7 +471,11 @@ class Node:
                     self._event("unreachable", step=self.core.sealed, **unreachable)
                     next_unreachable_note = now + 30.0
                 if now >= next_discovery or starting:
-                    buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 8)  # all at first
+                    # all buckets at first; 8 while looking for neighbours; a peer linked to every
+                    # member it knows only checks now and then (newcomers dial it themselves, and
+                    # peer exchange names them): each bucket read costs ~1 KB, empty or not
+                    settled = not starting and discover_every == SETTLED_DISCOVERY
+                    buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 2 if settled else 8)
                     members = await self.dht.members(swarm, buckets)
                     for machine, info in members.items():
                         if machine != self.machine:
@@ -471,18 +487,18 @@ class Node:
                     # until the next slow round (a discovery reads 8 DHT buckets: kilobytes)
                     lacking = len(self.core.gossip.links) < min(cfg.max_links, len(seen))
                     discover_every = (1.0 if new and lacking else min(2 * discover_every, 60.0) if lacking
-                                      else 60.0)
+                                      else SETTLED_DISCOVERY)
                     next_discovery = now + discover_every
-                if rounds % 100 == spec_at:
+                if rounds % SPEC_EVERY == spec_at:
                     await self.dht.publish_spec(self.spec)
-                # the directory is refreshed every 30 s, and sooner (at most every 10 s) when the
+                # the directory is refreshed every minute, and sooner (at most every 10 s) when the
                 # number of peers we see changed, so that a listing soon counts a peer who just joined
                 peers_now = 1 + len(self.core.gossip.links)
                 reshaped = announced_peers not in (None, peers_now) and rounds - announced_round >= 10
-                if cfg.announce and (rounds % 30 == announce_at or reshaped) and self._represents():
+                if cfg.announce and (rounds % ANNOUNCE_EVERY == announce_at or reshaped) and self._represents():
                     await self.dht.announce(swarm, Announcement(self.spec.name[:200], self.spec.model.id[:200],
                                                                 self.spec.task.kind[:200], self.core.sealed,
-                                                                peers_now))
+                                                                peers_now), ttl=ANNOUNCE_TTL)
                     announced_peers, announced_round = peers_now, rounds
                 self.wire = await loop.run_in_executor(None, self.meter.read)
             except asyncio.CancelledError:
@@ -630,6 +646,7 @@ class Node:
         if action.event == "step":
             fields["loss"] = self.loss
             fields["wire_sent"], fields["wire_received"] = self.wire or (None, None)
+            fields["link_bytes_sent"], fields["link_frames_sent"] = self.links.sent_bytes, self.links.sent_frames
             self._read_wire()
         self._event(action.event, **fields)
 

@@ -69,6 +69,15 @@ async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     return await reader.readexactly(length)
 
 
+async def write_frame(writer: asyncio.StreamWriter, frame: bytes) -> None:
+    """One length-prefixed frame in one write. hivemind's ``P2P.send_raw_data`` writes the
+    8-byte length and the payload separately, and p2pd often sends them as two yamux frames,
+    each with its own yamux header and Noise length and tag (30 bytes): measured on loopback,
+    44 bytes of transport per 158-byte frame that way, 30 in one write."""
+    writer.write(len(frame).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER) + frame)
+    await writer.drain()
+
+
 @dataclass(eq=False)
 class _Link:
     peer: bytes
@@ -251,7 +260,7 @@ class Links:
             while True:
                 frame = await link.outbox.get()
                 try:
-                    await P2P.send_raw_data(frame, link.writer)
+                    await write_frame(link.writer, frame)
                     self.sent_frames += 1
                     self.sent_bytes += len(frame) + P2P.HEADER_LEN
                 finally:

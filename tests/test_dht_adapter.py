@@ -94,7 +94,7 @@ async def _stored_subkeys(_dht, node, key: str) -> set:
 
 
 @pytest.mark.slow
-def test_the_spec_cap_holds_across_nodes_and_a_write_says_whether_it_was_stored(tmp_path):
+def test_the_spec_and_directory_caps_hold_across_nodes_and_reads_find_every_entry(tmp_path):
     """Ten peers joined in a chain publish the spec one after another, smallest machine id
     first: each reads before it writes, so exactly SPEC_COPIES write (and say so: a store
     that reached other nodes only used to report False, hivemind answering a protobuf
@@ -102,7 +102,7 @@ def test_the_spec_cap_holds_across_nodes_and_a_write_says_whether_it_was_stored(
     import asyncio
 
     from seedswarm.peer.demo import default_spec
-    from seedswarm.protocol.directory import SPEC_COPIES, spec_key
+    from seedswarm.protocol.directory import ANNOUNCERS, DIRECTORY_KEY, SPEC_COPIES, Announcement, spec_key
 
     idents = [load_identity(tmp_path / f"{i}.key") for i in range(10)]
     nodes: list[SwarmDHT] = []
@@ -117,6 +117,19 @@ def test_the_spec_cap_holds_across_nodes_and_a_write_says_whether_it_was_stored(
         held = set().union(*(n.dht.run_coroutine(partial(_stored_subkeys, key=spec_key(spec.swarm_id))) for n in nodes))
         assert len(held) == SPEC_COPIES
         assert asyncio.run(nodes[0].fetch_spec(spec.swarm_id)) == spec
+        # the directory's cap holds the same way, and reads (a beam of num_replicas nodes, not
+        # hivemind's 20) find every member entry and every announcement wherever they were stored
+        swarm = spec.swarm_id
+        ann = Announcement("test", "m", "t", 1, len(nodes))
+        announced = [n for n in sorted(nodes, key=lambda n: n.signer.machine) if asyncio.run(n.announce(swarm, ann))]
+        assert len(announced) == ANNOUNCERS
+        for n in nodes:
+            assert asyncio.run(n.register(swarm, MemberInfo(step=1, addrs=tuple(n.maddrs())[:4]), ttl=60))
+        for reader in (nodes[0], nodes[-1]):
+            assert set(asyncio.run(reader.members(swarm))) == {n.signer.machine for n in nodes}
+            assert set(asyncio.run(reader.directory())) == {swarm}
+        listed = asyncio.run(nodes[3].aentries([DIRECTORY_KEY]))[DIRECTORY_KEY]
+        assert sorted(owner for owner, _ in listed) == sorted(n.signer.machine for n in announced)
     finally:
         for node in nodes:
             node.shutdown()
