@@ -440,14 +440,14 @@ class Node:
         its neighbours it asks ever more rarely: discovery backs off while it finds no one new
         (to every 2 minutes once linked to every member it knows); the member entry is
         refreshed every dht_refresh seconds, and within seconds when the peer's status
-        changed (starting, training, ...) or it sealed its first step; the spec entry every 5 minutes, the directory every
-        minute. A 4-peer swarm's upkeep is then a few hundred bytes a second per peer
+        changed (starting, training, ...) or it sealed its first step; the spec entry every
+        5 minutes, the directory every minute. A 4-peer swarm's upkeep is then a few hundred bytes a second per peer
         (scripts/bench_dht.py prints what each operation costs)."""
         swarm, cfg = self.swarm, self.config
         rng = random.Random(self.machine)
         loop = asyncio.get_running_loop()
         seen: set[bytes] = set()
-        discover_every, next_discovery, next_register, rounds = 1.0, 0.0, 0.0, 0
+        discover_every, next_discovery, next_register, rounds, lacking = 1.0, 0.0, 0.0, 0, True
         registered_status, last_register, next_unreachable_note = None, 0.0, loop.time() + 20.0
         # peers that start together write the keys every member could write (the spec, and the
         # directory where they represent the swarm) at different seconds: each reads before it
@@ -458,11 +458,10 @@ class Node:
         while True:
             try:
                 now = loop.time()
-                info = self._member_info()
-                shown = (info.status, info.step > 0)  # `seedswarm status` sees these change within seconds
+                shown = (self._status_word(), self.core.sealed > 0)  # `seedswarm status` sees these change within seconds
                 if now >= next_register or (shown != registered_status and now >= last_register + 5.0):
                     registered_status, last_register = shown, now
-                    await self.dht.register(swarm, info, ttl=3 * cfg.dht_refresh)
+                    await self.dht.register(swarm, self._member_info(), ttl=3 * cfg.dht_refresh)
                     next_register = now + cfg.dht_refresh
                 await self._check_relays()
                 starting = self.core.phase in ("start", "barrier") and len(self.core.gossip.links) + 1 < cfg.min_peers
@@ -474,7 +473,7 @@ class Node:
                     # all buckets at first; 8 while looking for neighbours; a peer linked to every
                     # member it knows only checks now and then (newcomers dial it themselves, and
                     # peer exchange names them): each bucket read costs ~1 KB, empty or not
-                    settled = not starting and discover_every == SETTLED_DISCOVERY
+                    settled = not starting and not lacking
                     buckets = None if rounds == 0 else rng.sample(range(MEMBER_BUCKETS), 2 if settled else 8)
                     members = await self.dht.members(swarm, buckets)
                     for machine, info in members.items():
@@ -532,13 +531,17 @@ class Node:
         known = sorted([self.machine, *self.core.gossip.links])
         return self.machine in known[:3]
 
+    def _status_word(self) -> str:
+        """The status our member entry shows (SPEC 14.4)."""
+        return "isolated" if self.core.isolated else PHASE_STATUS.get(self.core.phase, "training")
+
     def _member_info(self) -> MemberInfo:
         core = self.core
         digest_step = max(core.digests, default=0)
         digest = core.digests.get(digest_step)
         sent, received = self.wire or (0, 0)
         loss = self.loss if self.loss is not None and math.isfinite(self.loss) else None
-        return MemberInfo(step=core.sealed, status="isolated" if core.isolated else PHASE_STATUS.get(core.phase, "training"), name=self.config.name[:64],
+        return MemberInfo(step=core.sealed, status=self._status_word(), name=self.config.name[:64],
                           loss=loss, step_time_ms=int(core.step_time * 1000),
                           checkpoint=core.sealed // core.cfg.checkpoint_every * core.cfg.checkpoint_every,
                           sent=sent, received=received, heals=core.heals, late=core.late_applied,

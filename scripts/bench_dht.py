@@ -27,7 +27,7 @@ from seedswarm.peer.config import PeerConfig
 from seedswarm.peer.demo import default_spec
 from seedswarm.peer.dht import SwarmDHT
 from seedswarm.peer.identity import load_identity
-from seedswarm.peer.node import ANNOUNCE_EVERY, SETTLED_DISCOVERY, SPEC_EVERY
+from seedswarm.peer.node import ANNOUNCE_EVERY, ANNOUNCE_TTL, SETTLED_DISCOVERY, SPEC_EVERY
 from seedswarm.peer.process import descendants
 from seedswarm.peer.wire import WireMeter
 from seedswarm.protocol.directory import ANNOUNCERS, Announcement, MemberInfo
@@ -72,17 +72,18 @@ async def _measure(nodes: list[SwarmDHT], rounds: int) -> dict:
                           sent=10 ** 7, received=10 ** 7, addrs=tuple(node.maddrs())[:4])
 
     announcement = Announcement(spec.name, spec.model.id, spec.task.kind, 1234, len(nodes))
+    member_ttl = 3 * PeerConfig.dht_refresh  # as the node writes them
     operations = {
-        "member_refresh": lambda node: node.register(swarm, info(node), ttl=90.0),
-        "announce": lambda node: node.announce(swarm, announcement, ttl=150.0),
+        "member_refresh": lambda node: node.register(swarm, info(node), ttl=member_ttl),
+        "announce": lambda node: node.announce(swarm, announcement, ttl=ANNOUNCE_TTL),
         "spec_refresh": lambda node: node.publish_spec(spec),
         "discovery_8_buckets": lambda node: node.members(swarm, list(range(8))),  # looking for neighbours
         "settled_discovery": lambda node: node.members(swarm, [8, 9]),  # 2 buckets: checking for newcomers
     }
     for node in nodes:  # the entries exist, as in a running swarm
-        await node.register(swarm, info(node), ttl=90.0)
+        await node.register(swarm, info(node), ttl=member_ttl)
         await node.publish_spec(spec)
-        await node.announce(swarm, announcement, ttl=150.0)
+        await node.announce(swarm, announcement, ttl=ANNOUNCE_TTL)
     await asyncio.sleep(1.0)
     idle_from, idle_start = sent(), time.monotonic()
     await asyncio.sleep(5.0)
