@@ -93,12 +93,17 @@ async def _stored_subkeys(_dht, node, key: str) -> set:
     return set() if item is None else {subkey for subkey, _ in item.value.items()}
 
 
+async def _node_id(_dht, node) -> tuple[DHTID, int]:
+    return node.node_id, node.num_replicas
+
+
 @pytest.mark.slow
 def test_the_spec_and_directory_caps_hold_across_nodes_and_reads_find_every_entry(tmp_path):
     """Ten peers joined in a chain publish the spec one after another, smallest machine id
     first: each reads before it writes, so exactly SPEC_COPIES write (and say so: a store
     that reached other nodes only used to report False, hivemind answering a protobuf
-    repeated field where a list was expected), and no node anywhere holds more copies."""
+    repeated field where a list was expected), no node anywhere holds more copies, and the
+    key's nearest nodes (found by the same crawl as the read) hold every copy."""
     import asyncio
 
     from seedswarm.peer.demo import default_spec
@@ -114,8 +119,14 @@ def test_the_spec_and_directory_caps_hold_across_nodes_and_reads_find_every_entr
         written = [node for node in sorted(nodes, key=lambda n: n.signer.machine)
                    if asyncio.run(node.publish_spec(spec))]
         assert len(written) == SPEC_COPIES
-        held = set().union(*(n.dht.run_coroutine(partial(_stored_subkeys, key=spec_key(spec.swarm_id))) for n in nodes))
+        stored = [n.dht.run_coroutine(partial(_stored_subkeys, key=spec_key(spec.swarm_id))) for n in nodes]
+        held = set().union(*stored)
         assert len(held) == SPEC_COPIES
+        # the one crawl before each write found the key's nearest nodes: each of them holds every copy
+        key_id = DHTID.generate(source=spec_key(spec.swarm_id))
+        ids = [n.dht.run_coroutine(_node_id) for n in nodes]  # (node id, num_replicas)
+        nearest = sorted(range(len(nodes)), key=lambda i: key_id.xor_distance(ids[i][0]))[: ids[0][1]]
+        assert all(stored[i] == held for i in nearest), (nearest, stored)
         assert asyncio.run(nodes[0].fetch_spec(spec.swarm_id)) == spec
         # the directory's cap holds the same way, and reads (a beam of num_replicas nodes, not
         # hivemind's 20) find every member entry and every announcement wherever they were stored
